@@ -1,0 +1,299 @@
+"""The stable plugin API: what a shimlet and a pipeline must provide.
+
+Two plugin kinds sit around the core:
+
+* a **shimlet** adapts one environment (local processes, Kubernetes, ...).  It
+  must implement :class:`Shimlet` (``create`` / ``status`` / ``delete``) and may
+  add optional capabilities, each a small Protocol checked with ``isinstance``:
+  :class:`Scalable`, :class:`LogSource`, :class:`Watchable`, :class:`Lifecycle`.
+* a **pipeline** is an ordered list of :class:`StepSpec` plus
+  ``run_step(step, ctx)``; see :class:`Pipeline`.
+
+Both are built by a *factory*: any callable taking a :class:`PluginContext` and
+returning the plugin (a class whose ``__init__`` takes the context works).
+Factories are found in the built-in registry, in the entry-point groups
+``modserv_shim.shimlets`` / ``modserv_shim.pipelines``, or loaded at run time
+through ``POST /api/v1/plugins/load``.
+
+This module imports nothing but the standard library and our own spec/errors,
+so a plugin author depends on a small, stable surface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from modserv_shim.spec import DeploySpec
+
+# ---------------------------------------------------------------- pipelines
+
+
+class Phase(StrEnum):
+    """The lifecycle state a step belongs to while it runs."""
+
+    PIPELINE = "pipeline_running"
+    DEPLOYING = "deploying"
+    HEALTH_CHECKING = "health_checking"
+
+
+PHASE_ORDER = (Phase.PIPELINE, Phase.DEPLOYING, Phase.HEALTH_CHECKING)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a step is tried and how long to wait between tries.
+
+    ``attempts`` counts the first try.  The wait after failed attempt *n*
+    (1-based) is ``min(backoff * multiplier ** (n - 1), max_delay)`` seconds.
+    """
+
+    attempts: int = 1
+    backoff: float = 1.0
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+        if self.backoff < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ValueError("RetryPolicy backoff/max_delay must be >= 0 and multiplier >= 1")
+
+    def delay(self, failed_attempt: int) -> float:
+        return float(min(self.backoff * self.multiplier ** (failed_attempt - 1), self.max_delay))
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a pipeline.
+
+    ``permanent`` lists exception types that must not be retried (in addition
+    to :class:`modserv_shim.errors.PermanentStepError`).  A step must be
+    idempotent: after a crash of the server the step that was in flight runs
+    again from the start.
+    """
+
+    name: str
+    phase: Phase = Phase.PIPELINE
+    timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    permanent: tuple[type[BaseException], ...] = ()
+    description: str = ""
+
+    def with_overrides(
+        self, *, timeout: float | None = None, retry: Mapping[str, Any] | None = None
+    ) -> StepSpec:
+        new_retry = replace(self.retry, **dict(retry)) if retry else self.retry
+        return replace(self, timeout=self.timeout if timeout is None else timeout, retry=new_retry)
+
+
+class StepContext(Protocol):
+    """What a step sees.  Provided by the executor; plugins do not build it."""
+
+    @property
+    def service_id(self) -> str: ...
+    @property
+    def spec(self) -> DeploySpec: ...
+    @property
+    def operator(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def dry_run(self) -> bool: ...
+    @property
+    def shimlet(self) -> Shimlet: ...
+    @property
+    def outputs(self) -> Mapping[str, Any]:
+        """Outputs of the steps that already succeeded (JSON values, persisted)."""
+        ...
+    @property
+    def resource_id(self) -> str | None: ...
+    @property
+    def data_dir(self) -> Path: ...
+
+    def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        """Append a line to this step's log (shown by ``/pipeline/logs``)."""
+
+    def set_output(self, key: str, value: Any) -> None:
+        """Record a JSON-serialisable output; later steps read it from ``outputs``."""
+
+    def set_params(self, **params: Any) -> None:
+        """Record the parameters this step worked with (shown in its step run)."""
+
+    async def set_resource(self, resource_id: str) -> None:
+        """Persist the shimlet resource id at once, so a crash right after is re-attached."""
+
+    def set_timeout(self, seconds: float, *, force: bool = False) -> None:
+        """Set this attempt's timeout to ``seconds`` from the attempt's start.
+
+        Used by steps whose right timeout depends on the model (health-check).
+        Ignored when the operator fixed this step's timeout in the config file,
+        unless ``force`` (a per-request value such as ``healthCheckTimeout``).
+        """
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """A deploy flow: ordered steps and the code that runs one of them.
+
+    ``steps()`` must return at least one step; names are unique and phases never
+    go backwards (pipeline_running, then deploying, then health_checking).
+    ``run_step`` raises on failure: :class:`~modserv_shim.errors.PermanentStepError`
+    (or a type in ``step.permanent``) stops the pipeline at once, anything else
+    is retried per ``step.retry``.
+    """
+
+    name: str
+
+    def steps(self) -> Sequence[StepSpec]: ...
+
+    async def run_step(self, step: StepSpec, ctx: StepContext) -> None: ...
+
+
+# ----------------------------------------------------------------- shimlets
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How to start one replica of an inference server, independent of environment.
+
+    Rendered by a runtime (llama.cpp, vLLM, SGLang).  ``args`` may contain the
+    placeholders ``{host}`` and ``{port}``, which the shimlet fills in: a local
+    shimlet allocates a free port, a container shimlet uses ``container_port``.
+    """
+
+    runtime: str
+    served_model_name: str
+    model_path: str
+    local_command: tuple[str, ...]
+    args: tuple[str, ...]
+    image: str = ""
+    container_command: tuple[str, ...] = ()
+    container_port: int = 8000
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_path: str = "/v1/models"
+    health_path: str = "/v1/models"
+    startup_timeout: float = 600.0
+
+    def argv(self, host: str, port: int) -> list[str]:
+        """The local command line with ``{host}`` / ``{port}`` filled in."""
+        return [*self.local_command, *(a.replace("{host}", host).replace("{port}", str(port)) for a in self.args)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["env"] = dict(self.env)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LaunchSpec:
+        data = dict(d)
+        for key in ("local_command", "args", "container_command"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DeployContext:
+    """Everything a shimlet needs to create the workload of one service."""
+
+    service_id: str
+    spec: DeploySpec
+    launch: LaunchSpec
+    replicas: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class ResourcePhase(StrEnum):
+    PENDING = "pending"  # being created or starting; nothing wrong yet
+    READY = "ready"  # all desired replicas ready
+    DEGRADED = "degraded"  # was serving, now some or all replicas are not (restarting)
+    FAILED = "failed"  # will not become ready without a change (bad model, crash loop)
+    NOT_FOUND = "not_found"  # nothing exists under this resource id
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    """A snapshot of a workload, as the shimlet sees it.  ``reason`` is plain words."""
+
+    phase: ResourcePhase
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+    endpoint: str | None = None
+    reason: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Shimlet(Protocol):
+    """Adapts one environment.  Contracts every implementation keeps:
+
+    * ``create`` is idempotent for the same ``ctx.service_id``: a second call
+      returns the same resource id and does not start a second workload.
+    * ``status`` never blocks on the workload (answers from cached/cheap state)
+      and returns ``NOT_FOUND`` for an unknown id instead of raising.
+    * ``delete`` is idempotent: deleting a missing resource succeeds.
+    * Raise :class:`~modserv_shim.errors.BackendUnavailable` (or any non-permanent
+      error) for "try again"; :class:`~modserv_shim.errors.PermanentStepError`
+      when retrying cannot help.
+    """
+
+    name: str
+
+    async def create(self, ctx: DeployContext) -> str: ...
+
+    async def status(self, resource_id: str) -> ResourceStatus: ...
+
+    async def delete(self, resource_id: str) -> None: ...
+
+
+@runtime_checkable
+class Scalable(Protocol):
+    async def scale(self, resource_id: str, replicas: int) -> None: ...
+
+
+@runtime_checkable
+class LogSource(Protocol):
+    async def logs(self, resource_id: str, tail: int = 100) -> list[str]: ...
+
+
+@runtime_checkable
+class Watchable(Protocol):
+    def watch(self) -> AsyncIterator[tuple[str, ResourceStatus]]:
+        """One stream of ``(resource_id, status)`` for every resource of this shimlet."""
+        ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Optional start/stop hooks, called once when the server starts and stops."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+CAPABILITIES: dict[str, type] = {
+    "scale": Scalable,
+    "logs": LogSource,
+    "watch": Watchable,
+}
+
+
+def shimlet_capabilities(obj: object) -> list[str]:
+    return [name for name, proto in CAPABILITIES.items() if isinstance(obj, proto)]
+
+
+# ------------------------------------------------------------------ factory
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """Handed to a plugin factory: where to keep files and the plugin's own config."""
+
+    name: str
+    data_dir: Path
+    options: Mapping[str, Any] = field(default_factory=dict)
+    server_settings: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,200 @@
+"""The deploy request: the brief's JSON body, validated with messages a person reads.
+
+Field names are the brief's contract (camelCase on the wire).  Everything beyond
+the brief is optional.  Unknown fields are rejected so that a typo such as
+``replicas`` instead of ``replicaCount`` is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+PLUGIN_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes resource.Quantity, restricted to the forms people write.
+CPU_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)m?$")
+MEMORY_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+RUNTIMES = ("auto", "llama.cpp", "vllm", "sglang")
+
+
+def memory_bytes(quantity: str) -> int:
+    """Bytes in a Kubernetes memory quantity such as ``16Gi`` or ``500M``."""
+    m = MEMORY_RE.match(quantity)
+    if not m:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    suffix = m.group(3) or ""
+    number = float(quantity[: len(quantity) - len(suffix)])
+    factor = _BINARY.get(suffix) or _DECIMAL.get(suffix) or 1
+    return int(number * factor)
+
+
+def suggest_model_name(name: str) -> str:
+    s = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    s = re.sub(r"^[^a-z]+", "", s)
+    return s[:63].rstrip("-") or "model"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ResourceRequirements(_Strict):
+    acceleratorType: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Accelerator model, e.g. 'NVIDIA H20'. Omit (or 'cpu') for CPU-only.",
+        examples=["NVIDIA H20"],
+    )
+    acceleratorCount: int = Field(
+        default=0, ge=0, le=16, description="Accelerators per replica (tensor parallel size)."
+    )
+    cpu: str | None = Field(default=None, description="CPU per replica, e.g. '4' or '500m'.")
+    memory: str | None = Field(default=None, description="Memory per replica, e.g. '16Gi'.")
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("cpu must be a quantity such as '4' or '500m', not a boolean")
+        if isinstance(v, int | float):
+            v = str(v)
+        if v is not None and (not isinstance(v, str) or not CPU_RE.match(v)):
+            raise ValueError(f"cpu must be a Kubernetes quantity such as '4' or '500m' (got {v!r})")
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("memory must be a quantity such as '16Gi', not a boolean")
+        if isinstance(v, int):
+            v = str(v)
+        if v is not None and (not isinstance(v, str) or not MEMORY_RE.match(v)):
+            raise ValueError(
+                f"memory must be a Kubernetes quantity such as '16Gi' or '512Mi' (got {v!r})"
+            )
+        return v
+
+    @field_validator("acceleratorType")
+    @classmethod
+    def _accel_type(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = " ".join(v.split())
+        if v.lower() in ("", "cpu", "none"):
+            return None
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$", v):
+            raise ValueError(f"acceleratorType has unexpected characters: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _count_matches_type(self) -> ResourceRequirements:
+        if self.acceleratorType is not None and self.acceleratorCount == 0:
+            # 'NVIDIA H20' without a count means one of them.
+            object.__setattr__(self, "acceleratorCount", 1)
+        if self.acceleratorType is None and self.acceleratorCount > 0:
+            raise ValueError(
+                "acceleratorCount is set but acceleratorType is not: name the accelerator,"
+                " e.g. \"acceleratorType\": \"NVIDIA H20\""
+            )
+        return self
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return memory_bytes(self.memory) if self.memory else None
+
+
+class DeploySpec(_Strict):
+    """The body of ``POST /api/v1/modserv/deploy``."""
+
+    modelName: str = Field(
+        min_length=1,
+        max_length=63,
+        description="DNS-safe name: lowercase letters, digits and '-'.",
+        examples=["llama-3-8b"],
+    )
+    modelFile: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute path of the model as the inference server sees it"
+        " (a GGUF file or a Hugging Face folder).",
+        examples=["/models/llama-3-8b"],
+    )
+    resourceRequirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    replicaCount: int = Field(default=1, ge=1, le=64)
+    shimlet: str | None = Field(default=None, description="Environment plugin; server default if omitted.")
+    pipeline: str | None = Field(default=None, description="Deploy flow plugin; server default if omitted.")
+    runtime: Literal["auto", "llama.cpp", "vllm", "sglang"] = "auto"
+    runtimeArgs: list[str] = Field(default_factory=list, max_length=64)
+    env: dict[str, str] = Field(default_factory=dict)
+    dryRun: bool = False
+    healthCheckTimeout: float | None = Field(
+        default=None, gt=0, le=86400, description="Seconds the health check may take (default grows with model size)."
+    )
+    contextLength: int | None = Field(default=None, ge=128, le=1_048_576)
+    workloadType: Literal["Deployment", "StatefulSet"] = "Deployment"
+
+    @field_validator("modelName")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not MODEL_NAME_RE.match(v):
+            raise ValueError(
+                "modelName must be lowercase letters, digits and '-', start with a letter and"
+                f" end with a letter or digit (got {v!r}; try {suggest_model_name(v)!r})"
+            )
+        return v
+
+    @field_validator("modelFile")
+    @classmethod
+    def _model_file(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("modelFile must not contain NUL characters")
+        if "://" in v:
+            raise ValueError(
+                f"modelFile must be a filesystem path; remote sources such as {v.split('://')[0]}://"
+                " are not supported yet"
+            )
+        if not v.startswith("/"):
+            raise ValueError(f"modelFile must be an absolute path (got {v!r})")
+        if ".." in PurePosixPath(v).parts:
+            raise ValueError(f"modelFile must not contain '..' (got {v!r})")
+        return v
+
+    @field_validator("shimlet", "pipeline")
+    @classmethod
+    def _plugin_name(cls, v: str | None) -> str | None:
+        if v is not None and not PLUGIN_NAME_RE.match(v):
+            raise ValueError(f"not a plugin name: {v!r}")
+        return v
+
+    @field_validator("runtimeArgs")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if "\x00" in a or len(a) > 4096:
+                raise ValueError("runtimeArgs entries must be under 4096 characters without NUL")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 128:
+            raise ValueError("env may hold at most 128 variables")
+        for k, val in v.items():
+            if not ENV_NAME_RE.match(k):
+                raise ValueError(f"env name {k!r} is not a valid variable name")
+            if "\x00" in val:
+                raise ValueError(f"env value of {k} must not contain NUL")
+        return v
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON form, as stored and shown by the API."""
+        return self.model_dump(mode="json")
