@@ -159,7 +159,7 @@ class DeploySpec(_Strict):
             raise ValueError("modelFile must not contain NUL characters")
         if "://" in v:
             raise ValueError(
-                f"modelFile must be a filesystem path; remote sources such as {v.split('://')[0]}://"
+                f"modelFile must be a filesystem path; remote sources such as {v.split('://', maxsplit=1)[0]}://"
                 " are not supported yet"
             )
         if not v.startswith("/"):
@@ -198,3 +198,21 @@ class DeploySpec(_Strict):
     def wire(self) -> dict[str, Any]:
         """The JSON form, as stored and shown by the API."""
         return self.model_dump(mode="json")
+
+
+_SECRET_KEY_RE = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|authorization)", re.I)
+
+
+def redact(value: Any, *, _under_env: bool = False) -> Any:
+    """A copy with secret-looking values masked: every ``env`` value and keys like ``*token*``."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if _under_env or (isinstance(k, str) and _SECRET_KEY_RE.search(k) and isinstance(v, str | bytes)):
+                out[k] = "***" if v not in (None, "") else v
+            else:
+                out[k] = redact(v, _under_env=k == "env")
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value

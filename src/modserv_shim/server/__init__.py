@@ -1,0 +1,1 @@
+"""The REST layer (FastAPI): parse, authenticate, call the core, render the envelope."""

@@ -1,0 +1,27 @@
+"""The built-in plugins, registered by name.  Third-party ones come through entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from modserv_shim.core.registry import Kind
+from modserv_shim.plugins import PluginContext
+
+
+def _local(ctx: PluginContext) -> Any:
+    from modserv_shim.shimlets.local import LocalShimlet
+
+    return LocalShimlet(ctx)
+
+
+def _opensourcellm(ctx: PluginContext) -> Any:
+    from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
+
+    return OpenSourceLLMPipeline(ctx)
+
+
+BUILTINS: Mapping[Kind, Mapping[str, Callable[[PluginContext], Any]]] = {
+    "shimlet": {"local": _local},
+    "pipeline": {"opensourcellm": _opensourcellm},
+}

@@ -1,0 +1,110 @@
+"""``model-serve-shim``: start the server (the brief's flags), or print the version.
+
+    model-serve-shim --port=8080 --shimlet=k8s --pipeline=opensourcellm
+    model-serve-shim --version
+
+Precedence: flags > ``MODSERV_*`` environment > ``--config`` YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from modserv_shim import __version__
+from modserv_shim.config import Settings
+from modserv_shim.errors import ShimError
+from modserv_shim.server.auth import TokenTable, is_loopback
+
+app = typer.Typer(add_completion=False, help="ModelServeShim: deploy open-source LLMs as OpenAI-compatible services.")
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=2, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def version_text() -> str:
+    return f"ModelServeShim v{__version__} (commit: {commit()})"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"model-serve-shim: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def main_command(
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    shimlet: Annotated[str | None, typer.Option(help="Default environment plugin [default: local].")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Default deploy flow [default: opensourcellm].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the database, logs and plugins live.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the data dir).")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(help="YAML file of API tokens.")] = None,
+    plugin_dir: Annotated[Path | None, typer.Option(help="Directory plugin files may be loaded from.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="console or json.")] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Start the ModelServeShim server."""
+    from modserv_shim import logs
+    from modserv_shim.server.runner import build, build_registry, serve
+
+    try:
+        settings = Settings.load(
+            config, port=port, host=host, shimlet=shimlet, pipeline=pipeline, data_dir=data_dir,
+            database_url=database_url, tokens_file=tokens_file, plugin_dir=plugin_dir,
+            log_level=log_level, log_format=log_format,
+        )
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        raise fail(f"bad configuration: {exc}") from None
+    logs.configure(settings.log_level, settings.log_format)
+    registry = build_registry(settings)
+    for kind, name in (("shimlet", settings.shimlet), ("pipeline", settings.pipeline)):
+        if not registry.has(kind, name):  # type: ignore[arg-type]
+            available = ", ".join(registry.names(kind))  # type: ignore[arg-type]
+            raise fail(f"unknown {kind} {name!r}; available: {available}")
+    try:
+        tokens = TokenTable.load(settings.tokens_file, settings.tokens)
+    except (ShimError, OSError, KeyError) as exc:
+        raise fail(f"cannot read API tokens: {exc}") from None
+    if len(tokens) == 0 and not is_loopback(settings.host):
+        raise fail(
+            f"refusing to listen on {settings.host} without API tokens: configure --tokens-file or"
+            " MODSERV_TOKENS, or listen on 127.0.0.1"
+        )
+    typer.echo(f"{version_text()} listening on http://{settings.host}:{settings.port}"
+               f" (shimlet={settings.shimlet}, pipeline={settings.pipeline}, data={settings.data_dir})", err=True)
+    serve(build(settings, registry))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

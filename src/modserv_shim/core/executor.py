@@ -1,0 +1,329 @@
+"""The pipeline executor: runs steps in order, each with its timeout and retry policy.
+
+Why it looks like this:
+
+* Progress is stored after every attempt (the step run, its log lines, and on
+  success the step index and outputs), so a restarted server resumes at the
+  step that was in flight; steps are idempotent, so running it again is safe.
+* The error type decides what happens: :class:`PermanentStepError`, a type the
+  step lists in ``permanent``, or a client error stop at once; anything else,
+  and a timeout, is retried after ``retry.delay(n)`` seconds.
+* Time comes from a :class:`Clock`, so tests drive retries without sleeping.
+* The executor never changes a lifecycle state itself; it asks the caller
+  (``enter_phase``) so that state changes stay in one function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from modserv_shim.core.clock import Clock
+from modserv_shim.core.metrics import Metrics
+from modserv_shim.core.records import RunStatus, ServiceRecord, StepLog, StepRun
+from modserv_shim.errors import ClientError, PermanentStepError, StepError, StepTimeout
+from modserv_shim.plugins import Phase, Pipeline, Shimlet, StepSpec
+from modserv_shim.spec import DeploySpec
+
+log = structlog.get_logger("modserv_shim.executor")
+
+
+class Recorder(Protocol):
+    """Where the executor writes progress: the store, or memory for a dry run."""
+
+    async def add_step_run(self, run: StepRun) -> int: ...
+    async def finish_step_run(self, run: StepRun) -> None: ...
+    async def add_step_logs(self, logs: Sequence[StepLog]) -> None: ...
+    async def update_service(self, service_id: str, **fields: Any) -> None: ...
+
+
+class MemoryRecorder:
+    """Keeps a dry run's progress in memory; nothing is stored."""
+
+    def __init__(self) -> None:
+        self.runs: list[StepRun] = []
+        self.logs: list[StepLog] = []
+
+    async def add_step_run(self, run: StepRun) -> int:
+        run.id = len(self.runs) + 1
+        self.runs.append(run)
+        return run.id
+
+    async def finish_step_run(self, run: StepRun) -> None:
+        return None
+
+    async def add_step_logs(self, logs: Sequence[StepLog]) -> None:
+        self.logs.extend(logs)
+
+    async def update_service(self, service_id: str, **fields: Any) -> None:
+        return None
+
+
+class StepFailed(Exception):
+    """A step used up its attempts or failed permanently; ``reason`` is for a person."""
+
+    def __init__(self, step: str, reason: str, attempts: int) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+        self.attempts = attempts
+
+
+def is_permanent(step: StepSpec, exc: BaseException) -> bool:
+    if isinstance(exc, PermanentStepError | ClientError):
+        return True
+    return bool(step.permanent) and isinstance(exc, step.permanent)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, StepError | ClientError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class StepOverride:
+    timeout: float | None = None
+    retry: Mapping[str, Any] | None = None
+
+
+def apply_overrides(steps: Sequence[StepSpec], overrides: Mapping[str, StepOverride]) -> list[StepSpec]:
+    out = []
+    for s in steps:
+        o = overrides.get(s.name)
+        out.append(s.with_overrides(timeout=o.timeout, retry=o.retry) if o else s)
+    return out
+
+
+class _Context:
+    """The :class:`modserv_shim.plugins.StepContext` handed to ``run_step``."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        rec: ServiceRecord,
+        spec: DeploySpec,
+        shimlet: Shimlet,
+        step: StepSpec,
+        attempt: int,
+        operator: str,
+        dry_run: bool,
+        timeout_fixed: bool,
+    ) -> None:
+        self._ex = executor
+        self._rec = rec
+        self._spec = spec
+        self._shimlet = shimlet
+        self._step = step
+        self._attempt = attempt
+        self._operator = operator
+        self._dry_run = dry_run
+        self._timeout_fixed = timeout_fixed
+        self._new_outputs: dict[str, Any] = {}
+        self.params: dict[str, Any] = {}
+        self.timeout_cm: asyncio.Timeout | None = None
+        self.started_loop_time = asyncio.get_running_loop().time()
+        self.pending_logs: list[StepLog] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def service_id(self) -> str:
+        return self._rec.id
+
+    @property
+    def spec(self) -> DeploySpec:
+        return self._spec
+
+    @property
+    def operator(self) -> str:
+        return self._operator
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    @property
+    def shimlet(self) -> Shimlet:
+        return self._shimlet
+
+    @property
+    def outputs(self) -> Mapping[str, Any]:
+        return {**self._rec.outputs, **self._new_outputs}
+
+    @property
+    def resource_id(self) -> str | None:
+        return self._rec.resource_id
+
+    @property
+    def data_dir(self) -> Path:
+        return self._ex.data_dir
+
+    @property
+    def new_outputs(self) -> dict[str, Any]:
+        return self._new_outputs
+
+    def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        self.pending_logs.append(
+            StepLog(self._rec.id, self._step.name, self._attempt, time.time(), level, message, _jsonable(fields))
+        )
+        log.log(_LEVELS.get(level, 20), message, service_id=self._rec.id, step=self._step.name,
+                attempt=self._attempt, **fields)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self.flush())
+
+    async def flush(self) -> None:
+        while self.pending_logs:
+            batch, self.pending_logs = self.pending_logs, []
+            await self._ex.recorder.add_step_logs(batch)
+
+    def set_output(self, key: str, value: Any) -> None:
+        self._new_outputs[key] = _jsonable(value)
+
+    def set_params(self, **params: Any) -> None:
+        self.params.update(_jsonable(params))
+
+    async def set_resource(self, resource_id: str) -> None:
+        self._rec.resource_id = resource_id
+        await self._ex.recorder.update_service(self._rec.id, resource_id=resource_id)
+
+    def set_timeout(self, seconds: float, *, force: bool = False) -> None:
+        if self._timeout_fixed and not force:
+            return
+        if self.timeout_cm is not None:
+            self.timeout_cm.reschedule(self.started_loop_time + seconds)
+        self.params["timeout"] = seconds
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+class Executor:
+    def __init__(self, recorder: Recorder, clock: Clock, metrics: Metrics, data_dir: Path) -> None:
+        self.recorder = recorder
+        self.clock = clock
+        self.metrics = metrics
+        self.data_dir = data_dir
+
+    async def run(
+        self,
+        rec: ServiceRecord,
+        pipeline: Pipeline,
+        steps: Sequence[StepSpec],
+        shimlet: Shimlet,
+        *,
+        operator: str,
+        enter_phase: Callable[[Phase], Awaitable[None]],
+        fixed_timeouts: frozenset[str] = frozenset(),
+        stop_before: Phase | None = None,
+    ) -> None:
+        """Run ``steps`` from ``rec.current_step`` to the end (or to ``stop_before``).
+
+        Raises :class:`StepFailed` when a step cannot succeed; lets
+        ``asyncio.CancelledError`` through after recording the attempt.
+        """
+        spec = DeploySpec.model_validate(rec.spec)
+        while rec.current_step < len(steps):
+            step = steps[rec.current_step]
+            if stop_before is not None and step.phase == stop_before:
+                return
+            await enter_phase(step.phase)
+            await self._run_step(rec, pipeline, step, spec, shimlet, operator, stop_before is not None,
+                                 step.name in fixed_timeouts)
+            rec.current_step += 1
+            await self.recorder.update_service(rec.id, current_step=rec.current_step, outputs=rec.outputs,
+                                               resource_id=rec.resource_id)
+
+    async def _run_step(
+        self,
+        rec: ServiceRecord,
+        pipeline: Pipeline,
+        step: StepSpec,
+        spec: DeploySpec,
+        shimlet: Shimlet,
+        operator: str,
+        dry_run: bool,
+        timeout_fixed: bool,
+    ) -> None:
+        policy = step.retry
+        for attempt in range(1, policy.attempts + 1):
+            ctx = _Context(self, rec, spec, shimlet, step, attempt, operator, dry_run, timeout_fixed)
+            ctx.params["timeout"] = step.timeout
+            run = StepRun(rec.id, step.name, attempt, RunStatus.RUNNING, time.time(), operator,
+                          params={"timeout": step.timeout, "retry": asdict(policy)})
+            await self.recorder.add_step_run(run)
+            log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
+                     operator=operator, timeout=step.timeout)
+            t0 = time.monotonic()
+            error: BaseException | None = None
+            try:
+                async with asyncio.timeout(step.timeout) as cm:
+                    ctx.timeout_cm = cm
+                    await pipeline.run_step(step, ctx)
+            except asyncio.CancelledError:
+                await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED, "cancelled: the service was deleted")
+                raise
+            except TimeoutError as exc:
+                error = exc
+                if ctx.timeout_cm is not None and ctx.timeout_cm.expired():
+                    limit = ctx.params.get("timeout", step.timeout)
+                    error = StepTimeout(f"step {step.name} did not finish within {limit:g} s")
+            except Exception as exc:
+                error = exc
+            if error is None:
+                rec.outputs.update(ctx.new_outputs)
+                await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None)
+                return
+            status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
+            reason = describe_error(error)
+            await self._finish(pipeline, run, ctx, t0, status, reason)
+            permanent = is_permanent(step, error)
+            if permanent or attempt == policy.attempts:
+                tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+                raise StepFailed(step.name, f"{step.name} failed{tried}: {reason}", attempt) from error
+            delay = policy.delay(attempt)
+            self.metrics.step_retries.labels(pipeline=pipeline.name, step=step.name).inc()
+            note = f"attempt {attempt} failed: {reason}; retrying in {delay:g} s"
+            await self.recorder.add_step_logs([StepLog(rec.id, step.name, attempt, time.time(), "warning", note)])
+            await self.clock.sleep(delay)
+
+    async def _finish(
+        self, pipeline: Pipeline, run: StepRun, ctx: _Context, t0: float, status: str, error: str | None
+    ) -> None:
+        elapsed = time.monotonic() - t0
+        run.status = status
+        run.error = error
+        run.finished_at = time.time()
+        run.duration_ms = round(elapsed * 1000, 3)
+        run.params.update(ctx.params)
+        await asyncio.shield(self._persist_finish(run, ctx))
+        self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
+        log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,
+                 outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=run.params,
+                 error=error)
+
+    async def _persist_finish(self, run: StepRun, ctx: _Context) -> None:
+        await ctx.flush()
+        await self.recorder.finish_step_run(run)

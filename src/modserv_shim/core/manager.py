@@ -1,0 +1,467 @@
+"""The service manager: accepts deploys, drives pipelines, watches services, deletes them.
+
+One function changes a lifecycle state: :meth:`ServiceManager._transition`.  It
+checks the transition table, persists the new state with its event in one
+transaction, updates the metrics and writes the log line.  Everything else
+(the executor, the status watcher, delete, retry, resume after a crash) asks it.
+
+Live services are kept in memory as the same :class:`ServiceRecord` objects the
+store was last given, guarded by one lock per service, so the pipeline task,
+the status watcher and an API call never act on stale copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from modserv_shim.core.clock import Clock, SystemClock
+from modserv_shim.core.executor import Executor, MemoryRecorder, StepFailed, StepOverride, apply_overrides
+from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State, check_transition
+from modserv_shim.core.metrics import Metrics
+from modserv_shim.core.records import Event, PluginRecord, ServiceRecord, StepLog, StepRun, now
+from modserv_shim.core.registry import Kind, Registry
+from modserv_shim.core.store import Store
+from modserv_shim.errors import (
+    NotFound,
+    NotSupported,
+    PluginNotFound,
+    ShimError,
+    StateConflict,
+    ValidationFailed,
+)
+from modserv_shim.plugins import (
+    Phase,
+    Pipeline,
+    ResourcePhase,
+    ResourceStatus,
+    Scalable,
+    Shimlet,
+    StepSpec,
+    Watchable,
+)
+from modserv_shim.spec import DeploySpec
+
+log = structlog.get_logger("modserv_shim.manager")
+
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    data_dir: Path
+    default_shimlet: str
+    default_pipeline: str
+    step_overrides: Mapping[str, Mapping[str, StepOverride]]  # pipeline -> step -> override
+    poll_interval: float = 2.0
+    delete_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class DryRunResult:
+    service_id: str
+    total_steps: list[str]
+    steps_run: list[StepRun]
+    logs: list[StepLog]
+    outputs: dict[str, Any]
+
+
+class ServiceManager:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        config: ManagerConfig,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.clock = clock or SystemClock()
+        self.executor = Executor(store, self.clock, self.metrics, config.data_dir)
+        self._live: dict[str, ServiceRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pipelines: dict[str, asyncio.Task[None]] = {}
+        self._terminations: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --------------------------------------------------------------- start/stop
+
+    async def start(self) -> None:
+        """Reload hot-loaded plugins and resume every service that is not terminated."""
+        interrupted = await self.store.interrupt_running_steps()
+        if interrupted:
+            log.warning("resuming after an unclean stop", interrupted_steps=interrupted)
+        for p in await self.store.list_plugins():
+            try:
+                await self.registry.load(p.kind, p.name, file=p.file, module=p.module, attr=p.attr)  # type: ignore[arg-type]
+            except ShimError as exc:
+                log.error("a plugin loaded earlier cannot be loaded again", kind=p.kind, name=p.name, error=str(exc))
+        for rec in await self.store.list_services([s for s in State if s is not State.TERMINATED]):
+            self._live[rec.id] = rec
+            try:
+                await self._resume(rec)
+            except ShimError as exc:
+                await self._fail(rec, f"cannot resume after restart: {exc}")
+        await self._refresh_state_gauge()
+        self._poller = asyncio.create_task(self._poll_loop(), name="status-poller")
+
+    async def _resume(self, rec: ServiceRecord) -> None:
+        if rec.state in PIPELINE_STATES:
+            log.info("resuming pipeline", service_id=rec.id, step=rec.current_step_name)
+            self._start_pipeline(rec, SYSTEM)
+        elif rec.state is State.TERMINATING:
+            self._terminations[rec.id] = asyncio.create_task(self._terminate(rec, SYSTEM))
+        elif rec.resource_id is not None:
+            shimlet = await self.registry.shimlet(rec.shimlet)
+            await self._ensure_watch(rec.shimlet, shimlet)
+            await self._apply_status(rec, await shimlet.status(rec.resource_id))
+
+    async def close(self) -> None:
+        """Stop our own tasks; workloads keep running (they survive a restart)."""
+        self._closing = True
+        tasks = [*self._pipelines.values(), *self._watchers.values(), *self._terminations.values()]
+        if self._poller:
+            tasks.append(self._poller)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ----------------------------------------------------------------- queries
+
+    async def get(self, service_id: str) -> ServiceRecord:
+        rec = self._live.get(service_id) or await self.store.get_service(service_id)
+        if rec is None:
+            raise NotFound(f"no service with id {service_id!r}")
+        return rec
+
+    async def list_services(self, state: State | None = None) -> list[ServiceRecord]:
+        return await self.store.list_services([state] if state else None)
+
+    async def steps_of(self, pipeline_name: str) -> list[StepSpec]:
+        pipeline = await self.registry.pipeline(pipeline_name)
+        return apply_overrides(pipeline.steps(), self.config.step_overrides.get(pipeline_name, {}))
+
+    # ------------------------------------------------------------------ deploy
+
+    async def _plugins_for(self, spec: DeploySpec) -> tuple[str, str, Shimlet, Pipeline]:
+        shimlet_name = spec.shimlet or self.config.default_shimlet
+        pipeline_name = spec.pipeline or self.config.default_pipeline
+        try:
+            shimlet = await self.registry.shimlet(shimlet_name)
+            pipeline = await self.registry.pipeline(pipeline_name)
+        except PluginNotFound as exc:
+            raise ValidationFailed(str(exc)) from None
+        return shimlet_name, pipeline_name, shimlet, pipeline
+
+    async def deploy(self, spec: DeploySpec, operator: str) -> ServiceRecord:
+        """Store the accepted deploy, then run its pipeline in the background."""
+        shimlet_name, pipeline_name, _, _ = await self._plugins_for(spec)
+        steps = await self.steps_of(pipeline_name)
+        rec = ServiceRecord(
+            id=f"{spec.modelName}-{uuid.uuid4()}",
+            model_name=spec.modelName,
+            spec=spec.wire(),
+            shimlet=shimlet_name,
+            pipeline=pipeline_name,
+            state=State.INITIALIZING,
+            total_steps=[s.name for s in steps],
+            replicas_desired=spec.replicaCount,
+            operator=operator,
+        )
+        await self.store.insert_service(rec)  # accepted == durable: kill -9 after this loses nothing
+        self._live[rec.id] = rec
+        self.metrics.transitions.labels(from_state="", to_state=rec.state.value).inc()
+        self.metrics.replicas_desired.labels(service=rec.id).set(rec.replicas_desired)
+        await self._refresh_state_gauge()
+        log.info("deploy accepted", service_id=rec.id, operator=operator, shimlet=shimlet_name,
+                 pipeline=pipeline_name, params=rec.spec)
+        self._start_pipeline(rec, operator)
+        return rec
+
+    async def dry_run(self, spec: DeploySpec, operator: str) -> DryRunResult:
+        """Run the steps of the ``pipeline_running`` phase and return what they rendered; store nothing."""
+        shimlet_name, pipeline_name, shimlet, pipeline = await self._plugins_for(spec)
+        steps = await self.steps_of(pipeline_name)
+        rec = ServiceRecord(
+            id=f"{spec.modelName}-{uuid.uuid4()}", model_name=spec.modelName, spec=spec.wire(),
+            shimlet=shimlet_name, pipeline=pipeline_name, state=State.INITIALIZING,
+            total_steps=[s.name for s in steps], operator=operator,
+        )
+        recorder = MemoryRecorder()
+        executor = Executor(recorder, self.clock, self.metrics, self.config.data_dir)
+
+        async def no_phase(_: Phase) -> None:
+            return None
+
+        try:
+            await executor.run(rec, pipeline, steps, shimlet, operator=operator, enter_phase=no_phase,
+                               fixed_timeouts=self._fixed(pipeline_name), stop_before=Phase.DEPLOYING)
+        except StepFailed as exc:
+            raise ValidationFailed(f"dry run failed: {exc.reason}",
+                                   details={"step": exc.step, "steps": [vars(r) for r in recorder.runs]}) from None
+        return DryRunResult(rec.id, rec.total_steps, recorder.runs, recorder.logs, rec.outputs)
+
+    def _fixed(self, pipeline_name: str) -> frozenset[str]:
+        return frozenset(n for n, o in self.config.step_overrides.get(pipeline_name, {}).items() if o.timeout)
+
+    def _start_pipeline(self, rec: ServiceRecord, operator: str) -> None:
+        task = asyncio.create_task(self._run_pipeline(rec, operator), name=f"pipeline-{rec.id}")
+        self._pipelines[rec.id] = task
+        task.add_done_callback(lambda _t: self._pipelines.pop(rec.id, None)
+                               if self._pipelines.get(rec.id) is _t else None)
+
+    async def _run_pipeline(self, rec: ServiceRecord, operator: str) -> None:
+        started = time.monotonic()
+        try:
+            shimlet = await self.registry.shimlet(rec.shimlet)
+            pipeline = await self.registry.pipeline(rec.pipeline)
+            steps = await self.steps_of(rec.pipeline)
+        except ShimError as exc:
+            await self._fail(rec, f"cannot run the pipeline: {exc}")
+            return
+
+        async def enter_phase(phase: Phase) -> None:
+            if rec.state.value != phase.value:
+                await self._transition(rec, State(phase.value), operator=operator)
+
+        try:
+            await self.executor.run(rec, pipeline, steps, shimlet, operator=operator, enter_phase=enter_phase,
+                                    fixed_timeouts=self._fixed(rec.pipeline))
+        except StepFailed as exc:
+            await self._fail(rec, exc.reason, operator=operator)
+            self.metrics.deployments.labels(result="failed").inc()
+            self.metrics.pipeline_duration.labels(pipeline=rec.pipeline, result="failed").observe(
+                time.monotonic() - started)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a plugin or in us: the service must not stay stuck
+            log.exception("pipeline crashed", service_id=rec.id)
+            await self._fail(rec, f"internal error in the pipeline: {type(exc).__name__}: {exc}", operator=operator)
+            return
+        self._pipelines.pop(rec.id, None)
+        await self._transition(rec, State.RUNNING, operator=operator)
+        self.metrics.deployments.labels(result="succeeded").inc()
+        self.metrics.pipeline_duration.labels(pipeline=rec.pipeline, result="succeeded").observe(
+            time.monotonic() - started)
+        if rec.resource_id:
+            await self._ensure_watch(rec.shimlet, shimlet)
+            await self._apply_status(rec, await shimlet.status(rec.resource_id))
+
+    # ------------------------------------------------------------ state change
+
+    def _lock(self, service_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(service_id, asyncio.Lock())
+
+    async def _transition(
+        self, rec: ServiceRecord, new: State, reason: str | None = None, operator: str = SYSTEM
+    ) -> None:
+        """The one place a lifecycle state changes."""
+        async with self._lock(rec.id):
+            await self._transition_locked(rec, new, reason, operator)
+
+    async def _transition_locked(self, rec: ServiceRecord, new: State, reason: str | None, operator: str) -> None:
+        old = rec.state
+        if old is new:
+            if reason != rec.reason:  # same state, new words (e.g. degraded for another cause)
+                rec.reason = reason
+                await self.store.update_service(rec.id, reason=reason)
+            return
+        check_transition(old, new)
+        rec.state = new
+        rec.reason = reason
+        rec.updated_at = now()
+        await self.store.save_transition(rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator))
+        self.metrics.transitions.labels(from_state=old.value, to_state=new.value).inc()
+        self.metrics.services.labels(state=old.value).dec()
+        self.metrics.services.labels(state=new.value).inc()
+        log.info("state changed", service_id=rec.id, from_state=old.value, to_state=new.value,
+                 reason=reason, operator=operator)
+        if new is State.TERMINATED:
+            self._live.pop(rec.id, None)
+
+    async def _fail(self, rec: ServiceRecord, reason: str, operator: str = SYSTEM) -> None:
+        if rec.state in (State.TERMINATING, State.TERMINATED):
+            return
+        await self._transition(rec, State.FAILED, reason, operator)
+
+    async def _refresh_state_gauge(self) -> None:
+        self.metrics.set_state_counts(await self.store.count_services(), [s.value for s in State])
+
+    # ---------------------------------------------------------- status watching
+
+    async def _ensure_watch(self, shimlet_name: str, shimlet: Shimlet) -> None:
+        if isinstance(shimlet, Watchable) and shimlet_name not in self._watchers and not self._closing:
+            self._watchers[shimlet_name] = asyncio.create_task(self._watch_loop(shimlet_name, shimlet),
+                                                               name=f"watch-{shimlet_name}")
+
+    async def _watch_loop(self, shimlet_name: str, shimlet: Watchable) -> None:
+        """One stream per shimlet for all its services; reconnects after errors."""
+        delay = 0.5
+        while not self._closing:
+            try:
+                async for resource_id, status in shimlet.watch():
+                    delay = 0.5
+                    for rec in list(self._live.values()):
+                        if rec.shimlet == shimlet_name and rec.resource_id == resource_id:
+                            await self._apply_status(rec, status)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("status watch failed; reconnecting", shimlet=shimlet_name, error=str(exc), delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _poll_loop(self) -> None:
+        """Status of services whose shimlet cannot watch; cheap by contract (status never blocks)."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            for rec in list(self._live.values()):
+                if rec.state not in (*SERVING_STATES, State.FAILED) or not rec.resource_id:
+                    continue
+                if rec.id in self._pipelines or rec.shimlet in self._watchers:
+                    continue
+                try:
+                    shimlet = await self.registry.shimlet(rec.shimlet)
+                    await self._apply_status(rec, await shimlet.status(rec.resource_id))
+                except Exception as exc:
+                    log.warning("status poll failed", service_id=rec.id, error=str(exc))
+
+    async def _apply_status(self, rec: ServiceRecord, st: ResourceStatus) -> None:
+        """Map a shimlet status onto a service that has finished its pipeline."""
+        if rec.id in self._pipelines or rec.state not in (*SERVING_STATES, State.FAILED):
+            return
+        if rec.state is State.FAILED and rec.current_step < len(rec.total_steps):
+            return  # failed inside its pipeline: only a retry moves it
+        changed = (st.ready_replicas, st.endpoint) != (rec.replicas_ready, rec.endpoint)
+        rec.replicas_ready, rec.endpoint = st.ready_replicas, st.endpoint or rec.endpoint
+        if changed:
+            await self.store.update_service(rec.id, replicas_ready=rec.replicas_ready, endpoint=rec.endpoint)
+            self.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
+        if st.phase is ResourcePhase.READY or (st.phase is ResourcePhase.PENDING and st.ready_replicas > 0):
+            await self._transition(rec, State.RUNNING)
+        elif st.phase in (ResourcePhase.DEGRADED, ResourcePhase.PENDING):
+            await self._transition(rec, State.DEGRADED, st.reason or "no replica is ready")
+        elif st.phase is ResourcePhase.FAILED:
+            await self._transition(rec, State.FAILED, st.reason or "the workload failed")
+        elif st.phase is ResourcePhase.NOT_FOUND and rec.state is not State.FAILED:
+            await self._transition(rec, State.FAILED,
+                                   f"the workload is gone from the {rec.shimlet} environment"
+                                   " (deleted outside modserv-shim?)")
+
+    # --------------------------------------------------------- user operations
+
+    async def delete(self, service_id: str, operator: str) -> ServiceRecord:
+        """Cancel a running pipeline, remove the workload, end in ``terminated``.
+
+        Waits up to ``delete_wait`` seconds; after that the removal goes on in
+        the background and the service is returned as ``terminating``.
+        """
+        rec = await self.get(service_id)
+        if rec.state is State.TERMINATED:
+            return rec
+        task = self._terminations.get(rec.id)
+        if task is None:
+            pipeline = self._pipelines.pop(rec.id, None)
+            if pipeline is not None:
+                pipeline.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pipeline
+            await self._transition(rec, State.TERMINATING, operator=operator)
+            task = asyncio.create_task(self._terminate(rec, operator), name=f"terminate-{rec.id}")
+            self._terminations[rec.id] = task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), self.config.delete_wait)
+        return rec
+
+    async def _terminate(self, rec: ServiceRecord, operator: str) -> None:
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    shimlet = await self.registry.shimlet(rec.shimlet)
+                    # With no recorded resource id a create may still have run: shimlets
+                    # accept the service id for it (see the Shimlet contract).
+                    await shimlet.delete(rec.resource_id or rec.id)
+                    break
+                except Exception as exc:
+                    reason = f"removing the workload failed, retrying in {delay:g} s: {exc}"
+                    await self._transition(rec, State.TERMINATING, reason, operator)
+                    await self.clock.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+            await self._transition(rec, State.TERMINATED, operator=operator)
+            rec.replicas_ready = 0
+            await self.store.update_service(rec.id, replicas_ready=0)
+            with contextlib.suppress(KeyError):
+                self.metrics.replicas_ready.remove(rec.id)
+        finally:
+            self._terminations.pop(rec.id, None)
+
+    async def scale(self, service_id: str, replicas: int, operator: str) -> ServiceRecord:
+        if not 1 <= replicas <= 64:
+            raise ValidationFailed("replicas must be between 1 and 64")
+        rec = await self.get(service_id)
+        if rec.state not in SERVING_STATES:
+            raise StateConflict(f"only a running or degraded service can be scaled; {rec.id} is {rec.state.value}")
+        shimlet = await self.registry.shimlet(rec.shimlet)
+        if not isinstance(shimlet, Scalable):
+            raise NotSupported(f"the {rec.shimlet} shimlet cannot scale services")
+        assert rec.resource_id is not None
+        await shimlet.scale(rec.resource_id, replicas)
+        async with self._lock(rec.id):
+            rec.spec = {**rec.spec, "replicaCount": replicas}
+            rec.replicas_desired = replicas
+            await self.store.update_service(rec.id, spec=rec.spec, replicas_desired=replicas)
+            await self.store.add_event(Event(rec.id, now(), rec.state.value, rec.state.value,
+                                             f"scaled to {replicas} replicas", operator))
+        self.metrics.replicas_desired.labels(service=rec.id).set(replicas)
+        log.info("service scaled", service_id=rec.id, replicas=replicas, operator=operator)
+        return rec
+
+    async def retry(self, service_id: str, operator: str) -> ServiceRecord:
+        """Run a failed service's pipeline again from the step that failed."""
+        rec = await self.get(service_id)
+        if rec.state is not State.FAILED:
+            raise StateConflict(f"only a failed service can be retried; {rec.id} is {rec.state.value}")
+        if rec.id in self._pipelines:
+            raise StateConflict(f"the pipeline of {rec.id} is already running")
+        steps = await self.steps_of(rec.pipeline)
+        if rec.current_step >= len(steps):  # failed after it was running: deploy and check again
+            rec.current_step = next((i for i, s in enumerate(steps) if s.phase is Phase.DEPLOYING), 0)
+            await self.store.update_service(rec.id, current_step=rec.current_step)
+        log.info("retry requested", service_id=rec.id, step=rec.current_step_name, operator=operator)
+        self._start_pipeline(rec, operator)
+        return rec
+
+    async def logs(self, service_id: str, tail: int) -> list[str]:
+        from modserv_shim.plugins import LogSource
+
+        rec = await self.get(service_id)
+        shimlet = await self.registry.shimlet(rec.shimlet)
+        if not isinstance(shimlet, LogSource):
+            raise NotSupported(f"the {rec.shimlet} shimlet cannot show logs")
+        if not rec.resource_id:
+            return []
+        return await shimlet.logs(rec.resource_id, tail)
+
+    async def load_plugin(
+        self, kind: Kind, name: str, *, file: str | None, module: str | None, attr: str, operator: str
+    ) -> dict[str, Any]:
+        entry = await self.registry.load(kind, name, file=file, module=module, attr=attr)
+        stored_file = str(self.registry.resolve_plugin_file(file)) if file else None
+        await self.store.save_plugin(PluginRecord(kind, name, stored_file, module, attr, operator))
+        log.info("plugin hot-loaded", kind=kind, name=name, source=entry.source, operator=operator)
+        return self.registry.describe(kind, name)

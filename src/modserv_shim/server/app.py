@@ -1,0 +1,206 @@
+"""The FastAPI application: routes of the brief plus list/delete/scale/retry/health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from modserv_shim import __version__
+from modserv_shim.core.lifecycle import State
+from modserv_shim.core.manager import ServiceManager
+from modserv_shim.errors import ERROR_TABLE, PluginNotFound
+from modserv_shim.server import envelope, views
+from modserv_shim.server.auth import Principal, Role, TokenTable, require
+from modserv_shim.spec import DeploySpec
+
+
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicaCount: int = Field(ge=1, le=64)
+
+
+class LoadPluginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["shimlet", "pipeline"]
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")
+    file: str | None = Field(default=None, description="A .py file inside the server's plugin directory.")
+    module: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+                               description="An importable module inside an allowed package.")
+    attr: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The factory (class or function).")
+
+
+@dataclass
+class AppState:
+    manager: ServiceManager
+    tokens: TokenTable
+
+
+def _state(request: Request) -> AppState:
+    st: AppState = request.app.state.modserv
+    return st
+
+
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return _state(request).tokens.authenticate(authorization)
+
+
+Who = Annotated[Principal, Depends(principal)]
+API = "/api/v1"
+
+ERROR_CODES_DOC = "\n".join(f"| {e.code} | {e.http_status} | {e.__name__} |" for e in ERROR_TABLE)
+
+
+def create_app(
+    manager: ServiceManager,
+    tokens: TokenTable,
+    *,
+    lifespan_hooks: tuple[Any, Any] | None = None,
+) -> FastAPI:
+    """Build the app around a manager.  ``lifespan_hooks`` = (async start(), async stop())."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if lifespan_hooks:
+            await lifespan_hooks[0]()
+        try:
+            yield
+        finally:
+            if lifespan_hooks:
+                await lifespan_hooks[1]()
+
+    app = FastAPI(
+        title="ModelServeShim",
+        version=__version__,
+        lifespan=lifespan,
+        description="Deploy open-source LLMs as OpenAI-compatible services.\n\n"
+        "Every response is `{\"code\": 0, \"message\": \"...\", \"data\": ...}`; errors carry:\n\n"
+        "| code | HTTP | meaning |\n|---|---|---|\n" + ERROR_CODES_DOC,
+    )
+    app.state.modserv = AppState(manager, tokens)
+    envelope.install(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> JSONResponse:
+        return envelope.ok({"status": "ok", "version": __version__})
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        await manager.store.count_services()  # the store answers
+        return envelope.ok({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics(who: Who) -> Response:
+        require(who, Role.VIEWER, "reading metrics")
+        return Response(manager.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post(f"{API}/modserv/deploy", tags=["services"], status_code=202)
+    async def deploy(spec: Annotated[DeploySpec, Body()], who: Who) -> JSONResponse:
+        require(who, Role.OPERATOR, "deploying")
+        if spec.dryRun:
+            res = await manager.dry_run(spec, who.name)
+            return envelope.ok(views.dry_run(res), "dry run: nothing was deployed")
+        rec = await manager.deploy(spec, who.name)
+        return envelope.ok(views.accepted(rec), "deploy accepted", status=202)
+
+    @app.get(f"{API}/modserv", tags=["services"])
+    async def list_services(who: Who, state: State | None = None) -> JSONResponse:
+        require(who, Role.VIEWER, "listing services")
+        return envelope.ok([views.service(r) for r in await manager.list_services(state)])
+
+    @app.get(f"{API}/modserv/{{service_id}}", tags=["services"])
+    async def get_service(service_id: str, who: Who) -> JSONResponse:
+        require(who, Role.VIEWER, "reading a service")
+        return envelope.ok(views.service(await manager.get(service_id)))
+
+    @app.get(f"{API}/modserv/{{service_id}}/pipeline", tags=["services"])
+    async def get_pipeline(service_id: str, who: Who) -> JSONResponse:
+        require(who, Role.VIEWER, "reading a pipeline")
+        rec = await manager.get(service_id)
+        try:
+            steps = await manager.steps_of(rec.pipeline)
+        except PluginNotFound:
+            steps = None
+        runs = await manager.store.list_step_runs(rec.id)
+        return envelope.ok(views.pipeline(rec, steps, runs))
+
+    @app.get(f"{API}/modserv/{{service_id}}/pipeline/logs", tags=["services"])
+    async def get_pipeline_logs(
+        service_id: str, who: Who, step: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+    ) -> JSONResponse:
+        require(who, Role.VIEWER, "reading pipeline logs")
+        rec = await manager.get(service_id)
+        runs = await manager.store.list_step_runs(rec.id)
+        lines = await manager.store.list_step_logs(rec.id, step, limit)
+        return envelope.ok({
+            "serviceId": rec.id,
+            "runs": [views.run(r) for r in runs if step is None or r.step == step],
+            "logs": [views.log_line(x) for x in lines],
+        })
+
+    @app.get(f"{API}/modserv/{{service_id}}/events", tags=["services"])
+    async def get_events(service_id: str, who: Who) -> JSONResponse:
+        require(who, Role.VIEWER, "reading events")
+        rec = await manager.get(service_id)
+        return envelope.ok([views.event(e) for e in await manager.store.list_events(rec.id)])
+
+    @app.get(f"{API}/modserv/{{service_id}}/logs", tags=["services"])
+    async def get_runtime_logs(
+        service_id: str, who: Who, tail: Annotated[int, Query(ge=1, le=10000)] = 100
+    ) -> JSONResponse:
+        require(who, Role.VIEWER, "reading runtime logs")
+        return envelope.ok({"serviceId": service_id, "lines": await manager.logs(service_id, tail)})
+
+    @app.delete(f"{API}/modserv/{{service_id}}", tags=["services"])
+    async def delete_service(service_id: str, who: Who) -> JSONResponse:
+        require(who, Role.OPERATOR, "deleting a service")
+        rec = await manager.delete(service_id, who.name)
+        done = rec.state is State.TERMINATED
+        return envelope.ok(views.service(rec), "deleted" if done else "deleting", status=200 if done else 202)
+
+    @app.post(f"{API}/modserv/{{service_id}}/scale", tags=["services"])
+    async def scale_service(service_id: str, body: ScaleRequest, who: Who) -> JSONResponse:
+        require(who, Role.OPERATOR, "scaling a service")
+        rec = await manager.scale(service_id, body.replicaCount, who.name)
+        return envelope.ok(views.service(rec), f"scaling to {body.replicaCount} replicas")
+
+    @app.post(f"{API}/modserv/{{service_id}}/retry", tags=["services"], status_code=202)
+    async def retry_service(service_id: str, who: Who) -> JSONResponse:
+        require(who, Role.OPERATOR, "retrying a service")
+        rec = await manager.retry(service_id, who.name)
+        return envelope.ok(views.accepted(rec), f"retrying from {rec.current_step_name}", status=202)
+
+    @app.get(f"{API}/plugins", tags=["plugins"])
+    async def list_plugins(who: Who) -> JSONResponse:
+        require(who, Role.VIEWER, "listing plugins")
+        reg = manager.registry
+        data: dict[str, Any] = {}
+        for kind in ("shimlet", "pipeline"):
+            items = []
+            for name in reg.names(kind):
+                try:
+                    if kind == "shimlet":
+                        await reg.shimlet(name)
+                    else:
+                        await reg.pipeline(name)
+                    items.append({**reg.describe(kind, name), "default": name == getattr(
+                        manager.config, f"default_{kind}")})
+                except Exception as exc:  # listed, with the reason it cannot be used
+                    items.append({**reg.describe(kind, name), "error": str(exc)})
+            data[f"{kind}s"] = items
+        data["refused"] = [vars(b) for b in reg.broken]
+        return envelope.ok(data)
+
+    @app.post(f"{API}/plugins/load", tags=["plugins"], status_code=201)
+    async def load_plugin(body: LoadPluginRequest, who: Who) -> JSONResponse:
+        require(who, Role.ADMIN, "loading plugins")
+        data = await manager.load_plugin(body.kind, body.name, file=body.file, module=body.module,
+                                         attr=body.attr, operator=who.name)
+        return envelope.ok(data, f"{body.kind} {body.name!r} loaded", status=201)
+
+    return app
