@@ -273,17 +273,19 @@ class Executor:
             ctx.params["timeout"] = step.timeout
             run = StepRun(rec.id, step.name, attempt, RunStatus.RUNNING, time.time(), operator,
                           params={"timeout": step.timeout, "retry": asdict(policy)})
-            await self.recorder.add_step_run(run)
-            log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
-                     operator=operator, timeout=step.timeout)
             t0 = time.monotonic()
             error: BaseException | None = None
             try:
+                await self.recorder.add_step_run(run)
+                log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
+                         operator=operator, timeout=step.timeout)
                 async with asyncio.timeout(step.timeout) as cm:
                     ctx.timeout_cm = cm
                     await pipeline.run_step(step, ctx)
             except asyncio.CancelledError:
-                await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED, "cancelled: the service was deleted")
+                if run.id is not None:
+                    await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
+                                       "cancelled: the service was deleted")
                 raise
             except TimeoutError as exc:
                 error = exc

@@ -443,6 +443,7 @@ class ServiceManager:
             rec.current_step = next((i for i, s in enumerate(steps) if s.phase is Phase.DEPLOYING), 0)
             await self.store.update_service(rec.id, current_step=rec.current_step)
         log.info("retry requested", service_id=rec.id, step=rec.current_step_name, operator=operator)
+        await self._transition(rec, State(steps[rec.current_step].phase.value), operator=operator)
         self._start_pipeline(rec, operator)
         return rec
 

@@ -1,0 +1,144 @@
+"""kill -9 of the server loses no accepted deploy; a restart resumes the step in flight."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.test_api_flows import DEPLOY
+
+DOUBLES = Path(__file__).parent / "doubles"
+
+
+class ServerProcess:
+    """The real CLI in a child process, on the given data dir."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modserv_shim.cli", f"--port={self.port}", f"--data-dir={self.data_dir}",
+                 "--log-format=json"], stdout=out, stderr=out)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = httpx.request(method, f"{self.url}{path}", timeout=30, **kw)
+        assert r.status_code < 400, r.text
+        return r.json()["data"]
+
+    def wait(self, pred: Any, timeout: float = 20) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError("condition not met")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "data"
+    (data / "plugins").mkdir(parents=True)
+    for f in ("fake_shimlet.py", "fake_pipeline.py"):
+        shutil.copy(DOUBLES / f, data / "plugins" / f)
+    s = ServerProcess(data, tmp_path / "server.log")
+    yield s
+    s.stop()
+
+
+def load_doubles(s: ServerProcess) -> None:
+    s.api("POST", "/api/v1/plugins/load", json={"kind": "shimlet", "name": "fake", "file": "fake_shimlet.py",
+                                                 "attr": "FakeShimlet"})
+    s.api("POST", "/api/v1/plugins/load", json={"kind": "pipeline", "name": "fake", "file": "fake_pipeline.py",
+                                                 "attr": "FakePipeline"})
+
+
+def test_sigkill_during_step_then_restart_reaches_running(server: ServerProcess, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    server.start()
+    load_doubles(server)
+    spec = {**DEPLOY, "shimlet": "fake", "pipeline": "fake",
+            "env": {"FAKE_GATE_DEPLOY": str(gate), "HF_TOKEN": "hf_do_not_log_me"}}
+    sid = server.api("POST", "/api/v1/modserv/deploy", json=spec)["serviceId"]
+
+    def deploy_running() -> bool:
+        steps = server.api("GET", f"/api/v1/modserv/{sid}/pipeline")["steps"]
+        return steps[1]["status"] == "running"
+
+    server.wait(deploy_running)
+    server.kill9()
+
+    server.start()  # same data dir: plugins reload, the service resumes
+    svc = server.api("GET", f"/api/v1/modserv/{sid}")
+    assert svc["state"] == "deploying" and svc["currentStep"] == "deploy"
+    gate.touch()
+    server.wait(lambda: server.api("GET", f"/api/v1/modserv/{sid}")["state"] == "running")
+    runs = server.api("GET", f"/api/v1/modserv/{sid}/pipeline/logs")["runs"]
+    assert [(r["step"], r["status"]) for r in runs] == [
+        ("prepare", "succeeded"), ("deploy", "interrupted"), ("deploy", "succeeded"), ("verify", "succeeded")]
+    assert "hf_do_not_log_me" not in server.log.read_text()
+
+
+def test_sigkill_right_after_accept_loses_nothing(server: ServerProcess) -> None:
+    server.start()
+    load_doubles(server)
+    ids = [server.api("POST", "/api/v1/modserv/deploy",
+                      json={**DEPLOY, "shimlet": "fake", "pipeline": "fake"})["serviceId"] for _ in range(5)]
+    server.kill9()
+    server.start()
+    server.wait(lambda: all(server.api("GET", f"/api/v1/modserv/{i}")["state"] == "running" for i in ids))
+    listed = {s["serviceId"] for s in server.api("GET", "/api/v1/modserv")}
+    assert listed == set(ids)
+
+
+def test_running_service_is_reattached_not_recreated(server: ServerProcess) -> None:
+    server.start()
+    load_doubles(server)
+    sid = server.api("POST", "/api/v1/modserv/deploy",
+                     json={**DEPLOY, "shimlet": "fake", "pipeline": "fake"})["serviceId"]
+    server.wait(lambda: server.api("GET", f"/api/v1/modserv/{sid}")["state"] == "running")
+    created = (server.data_dir / "fake-shimlet.json").read_text()
+    server.kill9()
+    server.start()
+    svc = server.api("GET", f"/api/v1/modserv/{sid}")
+    assert svc["state"] == "running" and svc["resourceId"] == f"fake-{sid}"
+    assert (server.data_dir / "fake-shimlet.json").read_text() == created  # same workload record
+    events = server.api("GET", f"/api/v1/modserv/{sid}/events")
+    assert [e["to"] for e in events].count("running") == 1

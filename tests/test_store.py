@@ -1,0 +1,134 @@
+"""The store against SQLite and a real PostgreSQL 15 (started by the fixture or by .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from modserv_shim.core.lifecycle import State
+from modserv_shim.core.records import Event, PluginRecord, RunStatus, ServiceRecord, StepLog, StepRun
+from modserv_shim.core.store import Store
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """MODSERV_TEST_PG_URL if set (CI starts a server), else a throwaway PostgreSQL of our own."""
+    if os.environ.get("MODSERV_TEST_PG_URL"):
+        yield os.environ["MODSERV_TEST_PG_URL"]
+        return
+    if PG_BIN is None or shutil.which("runuser") is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are required in CI")
+        pytest.skip("PostgreSQL server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="modserv-pg-"))
+    os.chmod(root, 0o777)
+    data, port = root / "data", _free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
+                    "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    s = Store(url)
+    await s.open()
+    if request.param == "postgresql":  # a clean slate per test on the shared server
+        async with s.engine.begin() as conn:
+            from sqlalchemy import text
+
+            for table in ("services", "step_runs", "step_logs", "events", "plugins"):
+                await conn.execute(text(f"DELETE FROM {table}"))
+    yield s
+    await s.close()
+
+
+def svc(i: int = 1, state: State = State.INITIALIZING) -> ServiceRecord:
+    return ServiceRecord(f"m-{i}", "m", {"modelName": "m", "env": {"A": "b"}}, "local", "opensourcellm", state,
+                         ["a", "b"], replicas_desired=2, operator="otto")
+
+
+async def test_services_roundtrip_and_transitions(store: Store) -> None:
+    rec = svc()
+    await store.insert_service(rec)
+    got = await store.get_service("m-1")
+    assert got == rec
+    rec.state, rec.reason = State.FAILED, "the model needs 41.2 GiB"
+    await store.save_transition(rec, Event("m-1", time.time(), "initializing", "failed", rec.reason, "otto"))
+    got = await store.get_service("m-1")
+    assert got is not None and got.state is State.FAILED and got.reason == "the model needs 41.2 GiB"
+    assert [e.to_state for e in await store.list_events("m-1")] == ["initializing", "failed"]
+    await store.insert_service(svc(2, State.RUNNING))
+    assert [s.id for s in await store.list_services([State.RUNNING])] == ["m-2"]
+    assert await store.count_services() == {"failed": 1, "running": 1}
+    await store.update_service("m-2", outputs={"launch": {"argv": ["x"]}}, current_step=2)
+    got = await store.get_service("m-2")
+    assert got is not None and got.outputs == {"launch": {"argv": ["x"]}} and got.current_step == 2
+    assert await store.get_service("nope") is None
+
+
+async def test_step_runs_logs_and_interrupt(store: Store) -> None:
+    await store.insert_service(svc())
+    run = StepRun("m-1", "a", 1, RunStatus.RUNNING, time.time(), "otto", {"timeout": 5})
+    await store.add_step_run(run)
+    assert run.id is not None
+    done = StepRun("m-1", "a", 2, RunStatus.RUNNING, time.time(), "otto")
+    await store.add_step_run(done)
+    done.status, done.duration_ms = RunStatus.SUCCEEDED, 12.5
+    await store.finish_step_run(done)
+    assert await store.interrupt_running_steps() == 1
+    runs = await store.list_step_runs("m-1")
+    assert [(r.attempt, r.status) for r in runs] == [(1, "interrupted"), (2, "succeeded")]
+    assert runs[1].duration_ms == 12.5 and runs[0].params == {"timeout": 5}
+    await store.add_step_logs([StepLog("m-1", "a", 1, time.time(), "info", f"line {i}", {"i": i}) for i in range(5)])
+    logs = await store.list_step_logs("m-1", "a", limit=3)
+    assert [x.message for x in logs] == ["line 0", "line 1", "line 2"] and logs[2].fields == {"i": 2}
+
+
+async def test_plugins_saved_once_per_name(store: Store) -> None:
+    await store.save_plugin(PluginRecord("pipeline", "q", "/p/q.py", None, "Q", "ada"))
+    await store.save_plugin(PluginRecord("pipeline", "q", "/p/q2.py", None, "Q", "ada"))
+    assert [(p.name, p.file) for p in await store.list_plugins()] == [("q", "/p/q2.py")]
+
+
+async def test_reopen_applies_migrations_once(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    s = Store(url)
+    await s.open()
+    await s.insert_service(svc())
+    await s.close()
+    s = Store(url)
+    await s.open()
+    assert (await s.get_service("m-1")) is not None
+    await s.close()
+
+
+def test_password_hidden_in_url() -> None:
+    assert Store("postgresql+asyncpg://u:hunter2@db/x").safe_url == "postgresql+asyncpg://u:***@db/x"
