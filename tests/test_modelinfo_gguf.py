@@ -233,3 +233,13 @@ def test_cli_reports_facts_and_failures(tiny: Path, tmp_path: Path, capsys: pyte
     assert modelinfo_main([str(cut)]) == 2
     bad = json.loads(capsys.readouterr().out)
     assert bad["ok"] is False and bad["problem"] == "truncated" and "re-download" in bad["message"]
+
+
+def test_unreadable_file_is_reported_in_words(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(ModelInvalid, match=r"^cannot read the model at .*: permission denied") as err:
+        inspect_model(tiny)
+    assert err.value.problem == "unreadable"

@@ -58,7 +58,8 @@ def test_llama_cpp_server_serves_the_tiny_model(tiny: Path, tmp_path: Path) -> N
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        status, models = 0, {}
+        status = 0
+        models: dict[str, object] = {}
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             try:
