@@ -234,7 +234,9 @@ class Shimlet(Protocol):
       returns the same resource id and does not start a second workload.
     * ``status`` never blocks on the workload (answers from cached/cheap state)
       and returns ``NOT_FOUND`` for an unknown id instead of raising.
-    * ``delete`` is idempotent: deleting a missing resource succeeds.
+    * ``delete`` is idempotent: deleting a missing resource succeeds.  It also
+      accepts the *service id* in place of the resource id: when the server died
+      between ``create`` and recording its result, the core deletes by service id.
     * Raise :class:`~modserv_shim.errors.BackendUnavailable` (or any non-permanent
       error) for "try again"; :class:`~modserv_shim.errors.PermanentStepError`
       when retrying cannot help.
@@ -275,11 +277,57 @@ class Lifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class WorkloadRenderer(Protocol):
+    """Shows what ``create`` would apply (manifests, a process spec), for ``dryRun``."""
+
+    def render(self, ctx: DeployContext) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class ModelInspector(Protocol):
+    """Inspects the model where the workload will see it (e.g. a validation Job on the volume).
+
+    Returns ``ModelFacts.to_dict()`` of :mod:`modserv_shim.modelinfo`; raises
+    :class:`~modserv_shim.errors.PermanentStepError` when the model is missing or
+    broken.  Shimlets without it have their model read directly by the shim.
+    """
+
+    async def inspect_model(self, spec: DeploySpec) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class EndpointProber(Protocol):
+    """Sends a request to the service's OpenAI endpoint from the shim's side.
+
+    For environments whose endpoint the shim cannot reach directly (Kubernetes
+    from outside the cluster: the API server's service proxy).  Returns the HTTP
+    status and the decoded JSON body (or None).
+    """
+
+    async def request(
+        self, resource_id: str, method: str, path: str, json: Any = None
+    ) -> tuple[int, Any]: ...
+
+
 CAPABILITIES: dict[str, type] = {
     "scale": Scalable,
     "logs": LogSource,
     "watch": Watchable,
+    "render": WorkloadRenderer,
+    "inspect-model": ModelInspector,
+    "probe": EndpointProber,
 }
+
+
+def launch_target(shimlet: object) -> str:
+    """``"local"`` for shimlets that run processes on this machine, else ``"container"``.
+
+    A shimlet says so with a class attribute ``launch_target``; the default is
+    ``"container"`` (images and container commands).
+    """
+    value = getattr(shimlet, "launch_target", "container")
+    return "local" if value == "local" else "container"
 
 
 def shimlet_capabilities(obj: object) -> list[str]:

@@ -1,0 +1,230 @@
+"""``opensourcellm``: turn a GGUF file or a Hugging Face folder into a running OpenAI service.
+
+1. ``model-validation``  the model exists and is complete, and fits the hardware
+   (:mod:`modserv_shim.modelinfo`); fails early, with numbers and a suggestion.
+2. ``config-rendering``  picks the runtime and renders its command line
+   (:mod:`modserv_shim.runtimes`) and the shimlet's workload; ``dryRun`` stops here.
+3. ``resource-deployment``  ``shimlet.create`` (idempotent for the service id).
+4. ``health-check``  waits for ready replicas, then checks that ``/v1/models``
+   lists the served model and that a one-token completion answers.  Its timeout
+   grows with the model (see :func:`health_timeout`) unless the config file or
+   the request (``healthCheckTimeout``) fixes it.
+
+Every step is idempotent: after a crash of the server the step in flight runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+from modserv_shim.errors import PermanentStepError, StepError
+from modserv_shim.modelinfo import ModelFacts, check_fit, default_context_length, inspect_model
+from modserv_shim.modelinfo.facts import GIB, format_count, gib
+from modserv_shim.pipelines.opensourcellm import probe
+from modserv_shim.plugins import (
+    DeployContext,
+    LaunchSpec,
+    ModelInspector,
+    Phase,
+    PluginContext,
+    ResourcePhase,
+    RetryPolicy,
+    StepContext,
+    StepSpec,
+    WorkloadRenderer,
+    launch_target,
+)
+from modserv_shim.runtimes import LaunchParams, is_vllm_installed, select_runtime
+
+MODEL_VALIDATION = "model-validation"
+CONFIG_RENDERING = "config-rendering"
+RESOURCE_DEPLOYMENT = "resource-deployment"
+HEALTH_CHECK = "health-check"
+
+HEALTH_BASE_SECONDS = 120.0
+HEALTH_SECONDS_PER_GIB = 60.0
+HEALTH_MAX_SECONDS = 3600.0
+POLL_SECONDS = 0.2
+
+
+def health_timeout(weights_bytes: int) -> float:
+    """Default health-check timeout: 2 minutes + 1 minute per GiB of weights, at most an hour.
+
+    Loading is dominated by reading the weights (and, on GPUs, copying them);
+    a 98 MB GGUF gets ~2 minutes, a 16 GiB 8B model ~18 minutes, a 140 GiB
+    70B model the full hour.
+    """
+    return min(HEALTH_BASE_SECONDS + HEALTH_SECONDS_PER_GIB * weights_bytes / GIB, HEALTH_MAX_SECONDS)
+
+
+class OpenSourceLLMPipeline:
+    """The default deploy flow.  Options (config ``pipelines.opensourcellm.options``):
+
+    ``images``: runtime name -> container image; ``gpu_memory_utilization`` (0.9);
+    ``probe_prompt`` ("Hello").
+    """
+
+    name = "opensourcellm"
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.images: Mapping[str, str] = dict(ctx.options.get("images", {}))
+        self.gpu_memory_utilization = float(ctx.options.get("gpu_memory_utilization", 0.9))
+        self.probe_prompt = str(ctx.options.get("probe_prompt", "Hello"))
+
+    def steps(self) -> Sequence[StepSpec]:
+        return [
+            StepSpec(MODEL_VALIDATION, Phase.PIPELINE, timeout=300,
+                     retry=RetryPolicy(attempts=2, backoff=2), description="model is complete and fits"),
+            StepSpec(CONFIG_RENDERING, Phase.PIPELINE, timeout=60,
+                     description="runtime command line and workload"),
+            StepSpec(RESOURCE_DEPLOYMENT, Phase.DEPLOYING, timeout=300,
+                     retry=RetryPolicy(attempts=3, backoff=2, max_delay=30), description="shimlet.create"),
+            StepSpec(HEALTH_CHECK, Phase.HEALTH_CHECKING, timeout=HEALTH_MAX_SECONDS,
+                     description="ready replicas, /v1/models, a one-token completion"),
+        ]
+
+    async def run_step(self, step: StepSpec, ctx: StepContext) -> None:
+        handlers = {
+            MODEL_VALIDATION: self.validate,
+            CONFIG_RENDERING: self.render,
+            RESOURCE_DEPLOYMENT: self.deploy,
+            HEALTH_CHECK: self.health_check,
+        }
+        handler = handlers.get(step.name)
+        if handler is None:
+            raise PermanentStepError(f"the opensourcellm pipeline has no step {step.name!r}")
+        await handler(ctx)
+
+    # ------------------------------------------------------------ 1. validate
+
+    async def validate(self, ctx: StepContext) -> None:
+        spec = ctx.spec
+        ctx.set_params(modelFile=spec.modelFile, resourceRequirements=spec.resourceRequirements.model_dump())
+        if isinstance(ctx.shimlet, ModelInspector):
+            ctx.log("inspecting the model where the workload will see it", shimlet=ctx.shimlet.name)
+            facts = ModelFacts.from_dict(await ctx.shimlet.inspect_model(spec))
+        else:
+            facts = await asyncio.to_thread(inspect_model, spec.modelFile)
+        ctx.log(
+            f"{facts.format.upper()} model {facts.name or facts.architecture}: {facts.architecture},"
+            f" {format_count(facts.parameter_count)} parameters, {facts.dtype}, {gib(facts.weights_bytes)} of weights,"
+            f" trained context {facts.context_length} tokens",
+        )
+        ctx.set_output("model", facts.to_dict())
+        rr = spec.resourceRequirements
+        if launch_target(ctx.shimlet) == "container" and rr.acceleratorType is None and rr.memory is None:
+            ctx.log("no memory request and no accelerator: the fit check needs one of them; skipped",
+                    level="warning")
+            return
+        fit = await asyncio.to_thread(
+            check_fit, facts, rr, spec.contextLength, replicas=spec.replicaCount,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+        ctx.set_output("fit", fit.to_dict())
+        for w in fit.warnings:
+            ctx.log(w, level="warning")
+        ctx.log(fit.message, level="info" if fit.fits else "error")
+        fit.raise_if_not_fits()
+
+    # -------------------------------------------------------------- 2. render
+
+    async def render(self, ctx: StepContext) -> None:
+        spec = ctx.spec
+        facts = ModelFacts.from_dict(ctx.outputs["model"])
+        rr = spec.resourceRequirements
+        target = launch_target(ctx.shimlet)
+        runtime = select_runtime(
+            spec.runtime, facts.format,
+            gpu_available=rr.acceleratorType is not None,
+            vllm_installed=is_vllm_installed(),
+            images=self.images,
+            model_path=spec.modelFile,
+        )
+        timeout = spec.healthCheckTimeout or health_timeout(facts.weights_bytes)
+        params = LaunchParams(
+            served_model_name=spec.modelName,
+            model_path=spec.modelFile,
+            accelerator_count=rr.acceleratorCount,
+            context_length=default_context_length(facts, spec.contextLength),
+            gpu_memory_utilization=self.gpu_memory_utilization if rr.acceleratorType else None,
+            extra_args=tuple(spec.runtimeArgs),
+            env=dict(spec.env),
+            startup_timeout=timeout,
+        )
+        launch = runtime.render(params, target="local" if target == "local" else "container")
+        ctx.set_params(runtime=runtime.name, target=target, context_length=params.context_length)
+        ctx.set_output("launch", launch.to_dict())
+        ctx.log(f"runtime {runtime.name} ({target}): {' '.join([*launch.local_command, *launch.args])}"
+                if target == "local" else f"runtime {runtime.name}: image {launch.image}, args {' '.join(launch.args)}")
+        if isinstance(ctx.shimlet, WorkloadRenderer):
+            workload = ctx.shimlet.render(self._deploy_context(ctx, launch))
+            ctx.set_output("workload", dict(workload))
+            ctx.log("workload rendered", shimlet=ctx.shimlet.name)
+
+    @staticmethod
+    def _deploy_context(ctx: StepContext, launch: LaunchSpec) -> DeployContext:
+        return DeployContext(
+            service_id=ctx.service_id,
+            spec=ctx.spec,
+            launch=launch,
+            replicas=ctx.spec.replicaCount,
+            labels={"modserv-shim/service-id": ctx.service_id, "modserv-shim/model": ctx.spec.modelName},
+        )
+
+    # -------------------------------------------------------------- 3. deploy
+
+    async def deploy(self, ctx: StepContext) -> None:
+        launch = LaunchSpec.from_dict(ctx.outputs["launch"])
+        rid = await ctx.shimlet.create(self._deploy_context(ctx, launch))
+        await ctx.set_resource(rid)
+        ctx.set_params(resource_id=rid, replicas=ctx.spec.replicaCount)
+        ctx.log(f"workload created on {ctx.shimlet.name}: {rid}")
+
+    # -------------------------------------------------------- 4. health-check
+
+    async def health_check(self, ctx: StepContext) -> None:
+        launch = LaunchSpec.from_dict(ctx.outputs["launch"])
+        if ctx.spec.healthCheckTimeout:
+            ctx.set_timeout(ctx.spec.healthCheckTimeout, force=True)
+        else:
+            ctx.set_timeout(launch.startup_timeout)
+        rid = ctx.resource_id
+        if rid is None:
+            raise StepError("no workload was recorded for this service")
+        endpoint = await self._wait_ready(ctx, rid)
+        name = launch.served_model_name
+        status, body = await probe.request(ctx.shimlet, rid, endpoint, "GET", "/v1/models")
+        listed = probe.served_models(body)
+        if status != 200 or name not in listed:
+            raise StepError(f"GET /v1/models answered {status} and lists {listed or 'no model'}, not {name!r}")
+        ctx.log(f"/v1/models lists {name}")
+        t0 = time.monotonic()
+        status, body = await probe.request(ctx.shimlet, rid, endpoint, "POST", "/v1/completions",
+                                           {"model": name, "prompt": self.probe_prompt, "max_tokens": 1})
+        text = probe.completion_text(body)
+        if status != 200 or text is None:
+            raise StepError(f"a one-token completion answered {status}: {str(body)[:300]}")
+        ctx.log(f"a one-token completion answered in {1000 * (time.monotonic() - t0):.0f} ms", text=text)
+        ctx.set_output("endpoint", endpoint)
+
+    async def _wait_ready(self, ctx: StepContext, rid: str) -> str | None:
+        last_reason: str | None = None
+        while True:
+            st = await ctx.shimlet.status(rid)
+            if st.phase is ResourcePhase.READY:
+                ctx.log(f"{st.ready_replicas}/{st.desired_replicas} replicas ready at {st.endpoint}")
+                return st.endpoint
+            if st.phase is ResourcePhase.FAILED:
+                raise PermanentStepError(st.reason or "the workload failed before becoming ready",
+                                         details=dict(st.detail))
+            if st.phase is ResourcePhase.NOT_FOUND:
+                raise StepError("the workload disappeared while starting")
+            reason = st.reason or f"{st.ready_replicas}/{st.desired_replicas} replicas ready"
+            if reason != last_reason:
+                ctx.log(f"waiting: {reason}")
+                last_reason = reason
+            await asyncio.sleep(POLL_SECONDS)
+
+
