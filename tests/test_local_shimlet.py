@@ -32,6 +32,7 @@ from modserv_shim.plugins import (
     PluginContext,
     ResourcePhase,
     ResourceStatus,
+    launch_target,
     shimlet_capabilities,
 )
 from modserv_shim.shimlets.local import LocalShimlet
@@ -48,6 +49,10 @@ FAST: dict[str, Any] = {
 }
 MakeShimlet = Callable[..., Awaitable[LocalShimlet]]
 REPO = Path(__file__).resolve().parent.parent
+# Every server these tests start carries this in its environment, so that the
+# teardown can find (and fail on) any process left behind, whatever went wrong.
+OWNER_VAR = "MODSERV_SHIM_TEST_OWNER"
+OWNER = os.environ.get(OWNER_VAR) or str(os.getpid())
 
 
 def fake_launch(*extra: str, name: str = "tiny", ready_path: str = "/v1/models") -> LaunchSpec:
@@ -58,6 +63,7 @@ def fake_launch(*extra: str, name: str = "tiny", ready_path: str = "/v1/models")
         local_command=(sys.executable, FAKE_SERVER),
         args=("--host", "{host}", "--port", "{port}", "--model-name", name, *extra),
         ready_path=ready_path,
+        env={OWNER_VAR: OWNER},
     )
 
 
@@ -77,6 +83,21 @@ def running(pid: int) -> bool:
             os.waitpid(pid, os.WNOHANG)
         return False
     return True
+
+
+def leftovers() -> list[int]:
+    """Live processes started by these tests (found by their environment), other than this one."""
+    found = []
+    marker = f"{OWNER_VAR}={OWNER}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ and running(int(entry.name)):
+                found.append(int(entry.name))
+    return found
 
 
 async def gone(pid: int, timeout: float = 5.0) -> bool:
@@ -154,6 +175,10 @@ async def make_shimlet(tmp_path: Path) -> AsyncIterator[MakeShimlet]:
         for rid in janitor.resource_ids():
             await janitor.delete(rid)
         await janitor.close()
+        left = leftovers()
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left behind: {left}"
 
 
 class TestLocalShimletContract(ShimletContract):
@@ -175,8 +200,20 @@ class TestLocalShimletContract(ShimletContract):
 async def test_capabilities_and_resource_id(make_shimlet: MakeShimlet) -> None:
     shimlet = await make_shimlet()
     assert shimlet.name == "local"
-    assert shimlet_capabilities(shimlet) == ["scale", "logs", "watch"]
+    assert shimlet_capabilities(shimlet) == ["scale", "logs", "watch", "render"]
+    assert launch_target(shimlet) == "local"
     assert await shimlet.create(fake_context("svc-a")) == "svc-a"
+
+
+async def test_render_shows_the_command_and_starts_nothing(make_shimlet: MakeShimlet) -> None:
+    shimlet = await make_shimlet()
+    shown = shimlet.render(fake_context("dry", 2))
+    assert shown["replicas"] == 2
+    assert shown["command"] == [
+        sys.executable, FAKE_SERVER, "--host", "127.0.0.1", "--port", "{port}", "--model-name", "tiny",
+    ]  # fmt: skip
+    assert shimlet.resource_ids() == []
+    assert (await shimlet.status("dry")).phase is ResourcePhase.NOT_FOUND
 
 
 async def test_pending_until_ready_then_endpoint_serves_chat(make_shimlet: MakeShimlet) -> None:
@@ -258,6 +295,21 @@ async def test_crash_after_ready_is_degraded_within_a_second_then_ready_again(ma
     assert not running(pids(before)[0])
 
 
+async def test_restart_delay_doubles_up_to_the_cap_and_resets_once_stable(make_shimlet: MakeShimlet) -> None:
+    shimlet = await make_shimlet(restart_backoff=0.1, restart_backoff_max=0.4, stable_after=0.5)
+    rid = await shimlet.create(fake_context("flappy"))
+    delays = []
+    for restart in range(1, 6):
+        status = await ready(shimlet, rid)
+        if restart == 5:
+            await asyncio.sleep(0.5)  # ready for stable_after: the next crash starts the backoff afresh
+        os.kill(pids(status)[0], signal.SIGKILL)
+        degraded = await wait_for_status(shimlet, rid, phase_is(ResourcePhase.DEGRADED), timeout=2, interval=0.01)
+        assert degraded.reason is not None and degraded.reason.endswith(f"(restart {restart})")
+        delays.append(degraded.reason.split("restarting in ")[1].split(" s")[0])
+    assert delays == ["0.1", "0.2", "0.4", "0.4", "0.1"]
+
+
 async def test_exit_code_of_a_crash_is_reported(make_shimlet: MakeShimlet) -> None:
     shimlet = await make_shimlet(restart_backoff=5.0, restart_backoff_max=10.0)
     rid = await shimlet.create(fake_context("exits", 1, "--crash-after", "1.0", "--crash-code", "7"))
@@ -274,7 +326,7 @@ async def test_exit_before_ready_fails_with_the_last_log_lines(make_shimlet: Mak
     failed = await wait_for_status(shimlet, rid, phase_is(ResourcePhase.FAILED), timeout=10)
     assert failed.reason is not None
     assert failed.reason.startswith(
-        "replica 0 exited with code 1 before becoming ready, 3 times in a row; giving up. Last log lines:"
+        "replica 0 exited with code 1 before becoming ready (3 failed starts in a row); giving up. Last log lines:"
     )
     assert "  CUDA error: out of memory (fake)" in failed.reason.splitlines()
     assert "  fake-openai-server: loading model tiny" in failed.reason.splitlines()
@@ -283,6 +335,13 @@ async def test_exit_before_ready_fails_with_the_last_log_lines(make_shimlet: Mak
     assert starts_logged(shimlet, rid) == 3  # no restart after giving up
     with pytest.raises(StateConflict):
         await shimlet.scale(rid, 2)
+    # A restarted shim remembers the failure instead of trying again.
+    await shimlet.close()
+    later = await make_shimlet()
+    remembered = await later.status(rid)
+    assert (remembered.phase, remembered.reason) == (ResourcePhase.FAILED, failed.reason)
+    await asyncio.sleep(0.3)
+    assert starts_logged(later, rid) == 3
 
 
 async def test_create_after_failed_starts_afresh(make_shimlet: MakeShimlet) -> None:
@@ -299,7 +358,28 @@ async def test_not_ready_within_the_startup_timeout_counts_as_a_failed_start(mak
     rid = await shimlet.create(DeployContext("sluggish", fake_context("x").spec, launch, 1))
     failed = await wait_for_status(shimlet, rid, phase_is(ResourcePhase.FAILED), timeout=10)
     assert failed.reason is not None
-    assert failed.reason.startswith("replica 0 was not ready after 0.5 s and was stopped before becoming ready")
+    assert failed.reason.startswith(
+        "replica 0 was not ready after 0.5 s and was stopped (1 failed start in a row); giving up."
+    )
+    assert "GET /v1/models -> 503" in failed.reason
+
+
+async def test_exits_are_noticed_within_a_second_without_pidfds(
+    make_shimlet: MakeShimlet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pidfd_open")  # old kernels, strict seccomp: the polling fallback
+    shimlet = await make_shimlet(poll_interval=0.5)
+    rid = await shimlet.create(fake_context("polled"))
+    child = pids(await ready(shimlet, rid))[0]
+    await shimlet.close()
+    adopter = await make_shimlet(poll_interval=0.5)  # now it is not our child: /proc is polled
+    for victim in (child, None):
+        status = await ready(adopter, rid)
+        pid = victim or pids(status)[0]  # first the adopted process, then the adopter's own child
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        await wait_for_status(adopter, rid, phase_is(ResourcePhase.DEGRADED), timeout=1.0, interval=0.02)
+        assert time.monotonic() - killed_at < 1.0
 
 
 # ------------------------------------------------------- delete and scale
@@ -384,16 +464,19 @@ async def test_close_leaves_servers_running_and_start_readopts_them(make_shimlet
 
 async def test_start_restarts_replicas_whose_process_is_gone(make_shimlet: MakeShimlet) -> None:
     old = await make_shimlet()
-    rid = await old.create(fake_context("lost"))
+    rid = await old.create(fake_context("lost", 1, "--spawn-worker"))
     before = await ready(old, rid)
+    worker = next(int(line.rsplit(" ", 1)[1]) for line in await old.logs(rid) if "worker pid" in line)
     await old.close()
-    os.kill(pids(before)[0], signal.SIGKILL)
+    os.kill(pids(before)[0], signal.SIGKILL)  # the server dies while the shim is down; its worker lives on
     assert await gone(pids(before)[0])
+    assert running(worker)
 
     new = await make_shimlet()
     first = await new.status(rid)
     assert first.phase is ResourcePhase.DEGRADED
     assert first.reason == "replica 0 was not running when the shim started; starting it again"
+    assert await gone(worker, timeout=1.0), "the dead server's worker was not cleaned up"
     after = await ready(new, rid)
     assert pids(after) != pids(before)
     assert starts_logged(new, rid) == 2
@@ -422,7 +505,13 @@ SHIM_SCRIPT = textwrap.dedent(
 
 async def test_sigkill_of_the_shim_leaves_the_server_running(make_shimlet: MakeShimlet, tmp_path: Path) -> None:
     shim = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SHIM_SCRIPT, str(tmp_path / "data"), cwd=REPO, stdout=subprocess.PIPE
+        sys.executable,
+        "-c",
+        SHIM_SCRIPT,
+        str(tmp_path / "data"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, OWNER_VAR: OWNER},
     )
     try:
         assert shim.stdout is not None

@@ -1,0 +1,140 @@
+"""What every inference runtime (llama.cpp, vLLM, SGLang) has in common.
+
+A :class:`Runtime` knows how one inference server is started and probed: its
+container image and command, the command that runs it on this machine, the
+paths that say "ready" and "healthy", and how the deploy parameters map onto
+its flags.  It does not start anything: :meth:`Runtime.render` turns
+:class:`LaunchParams` into the environment-neutral
+:class:`~modserv_shim.plugins.LaunchSpec` a shimlet runs.
+
+Two choices worth knowing:
+
+* Host and port stay placeholders (``{host}`` / ``{port}``): the local shimlet
+  allocates a free port per replica, a container shimlet uses the container
+  port.  The runtime never picks a port.
+* ``target`` ("local" or "container") is a required argument of ``render``
+  because one runtime can have two different programs behind it: llama.cpp
+  runs as ``llama-server`` in its container image, but on a machine without
+  that binary the local shimlet runs llama-cpp-python's server, whose flags
+  differ.  A spec's ``args`` belong to exactly one program, so a spec rendered
+  for "local" with llama-cpp-python has no image (it must not be shipped to a
+  container), and a spec rendered for "container" always matches its image.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from modserv_shim.errors import PermanentStepError
+from modserv_shim.plugins import LaunchSpec
+
+ModelFormat = Literal["gguf", "hf"]
+Target = Literal["local", "container"]
+TARGETS: tuple[Target, ...] = ("local", "container")
+
+HOST = "{host}"
+PORT = "{port}"
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """The deploy parameters a runtime turns into flags.
+
+    ``accelerator_count`` is the tensor parallel size on GPU runtimes (0 means
+    CPU).  ``None`` means "let the runtime decide" and adds no flag.
+    ``extra_args`` (the request's ``runtimeArgs``) are appended after ours, so
+    a user flag given twice wins with the usual last-one-wins parsing.
+    """
+
+    served_model_name: str
+    model_path: str
+    accelerator_count: int = 0
+    context_length: int | None = None
+    dtype: str | None = None
+    gpu_memory_utilization: float | None = None
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.served_model_name:
+            raise ValueError("served_model_name must not be empty")
+        if not self.model_path:
+            raise ValueError("model_path must not be empty")
+        if self.accelerator_count < 0:
+            raise ValueError("accelerator_count must be >= 0")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+
+
+class Runtime(ABC):
+    """One inference server kind.  Subclasses set the class attributes and ``server_args``.
+
+    An instance carries the container image, so an operator can pin another
+    tag (``get_runtime("vllm", image="vllm/vllm-openai:v0.9.2")``).
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[ModelFormat]]
+    default_image: ClassVar[str]
+    container_command: ClassVar[tuple[str, ...]]
+    ready_path: ClassVar[str] = "/v1/models"
+    health_path: ClassVar[str] = "/health"
+    base_env: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, image: str | None = None) -> None:
+        self.image = image or self.default_image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(image={self.image!r})"
+
+    @abstractmethod
+    def local_command(self, *, target: Target) -> tuple[str, ...]:
+        """The program (and its leading arguments) that runs this server on this machine."""
+
+    @abstractmethod
+    def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
+        """Our flags for ``params``, without the user's extra args."""
+
+    def check_format(self, model_format: ModelFormat, model_path: str) -> None:
+        """Raise :class:`PermanentStepError` when this runtime cannot serve ``model_format``."""
+        if model_format not in self.formats:
+            raise PermanentStepError(self.format_error(model_format, model_path))
+
+    def format_error(self, model_format: ModelFormat, model_path: str) -> str:
+        kinds = " or ".join(sorted(self.formats))
+        return f"runtime {self.name!r} serves {kinds} models, but {model_path} is {model_format}"
+
+    def render(self, params: LaunchParams, *, target: Target) -> LaunchSpec:
+        """The launch spec for ``params``; see the module docstring for ``target``."""
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        args = (*self.server_args(params, target=target), *params.extra_args)
+        return LaunchSpec(
+            runtime=self.name,
+            served_model_name=params.served_model_name,
+            model_path=params.model_path,
+            local_command=self.local_command(target=target),
+            args=args,
+            image=self.image,
+            container_command=self.container_command,
+            env={**self.base_env, **params.env},
+            ready_path=self.ready_path,
+            health_path=self.health_path,
+            startup_timeout=params.startup_timeout,
+        )
+
+
+def python_module(module: str) -> tuple[str, ...]:
+    """``python -m module`` with the interpreter running the shim (so its venv is used)."""
+    return (sys.executable or "python3", "-m", module)
+
+
+def flag(args: list[str], name: str, value: object | None) -> None:
+    """Append ``name value`` when ``value`` is not None."""
+    if value is not None:
+        args.extend((name, str(value)))

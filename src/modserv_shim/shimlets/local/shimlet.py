@@ -1,0 +1,363 @@
+"""The ``local`` shimlet: model servers as child processes of this machine.
+
+Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
+
+* ``create`` uses the service id as the resource id and is idempotent: a second
+  call for a live resource returns the same id and starts nothing.  A FAILED
+  resource is the exception: ``create`` then starts it afresh (a retry of the
+  deploy step), since a failed resource has no process left to duplicate.
+  Processes are started by the replicas' supervising tasks right after
+  ``create`` returns; ``create`` fails fast (PermanentStepError) only when the
+  program cannot possibly start (command or Python module missing).
+* ``status`` never blocks: it is computed from the supervisors' cached state
+  (no HTTP, no ``/proc``), and is NOT_FOUND for an unknown id.
+* ``delete`` is idempotent: SIGTERM to each replica's process group, SIGKILL
+  after ``stop_grace_period``, then the resource's directory (state file and
+  logs) is removed.  It returns when no process of the resource is left.
+* ``scale`` starts or stops replicas, highest index first, so replica 0 (the
+  endpoint) is never the one stopped.
+* ``render`` (for dryRun) shows the command line, environment and log location
+  without starting anything.
+* ``logs`` returns the last ``tail`` lines *of each replica*, prefixed
+  ``[replica i]``, replica by replica (the files carry no timestamps to merge by).
+* ``watch`` may have any number of concurrent consumers; each one gets every
+  status change from the moment ``watch()`` was called, in order.  Queues are
+  unbounded (status changes are rare); a consumer that stops iterating is
+  dropped.  The streams end when the shimlet is closed.
+* ``start`` re-adopts what an earlier run left: every state file is read, a
+  replica whose pid is still the process we started (same start time) is
+  monitored again without being restarted (no model reload), a replica whose
+  process is gone is started again (after killing any workers it left behind).  ``close`` stops the monitoring only: the
+  model servers keep running and are re-adopted by the next ``start``.  They
+  run in their own session, so even a SIGKILL of the shim leaves them alone.
+
+The public methods call ``start`` themselves if the server forgot to.
+One endpoint per resource: replica 0's port.  Further replicas listen on ports
+of their own; spreading requests over them is not the local shimlet's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
+from modserv_shim.plugins import (
+    DeployContext,
+    LaunchSpec,
+    PluginContext,
+    ResourcePhase,
+    ResourceStatus,
+)
+from modserv_shim.shimlets.local import logfiles, ports, procfs
+from modserv_shim.shimlets.local.options import LocalOptions
+from modserv_shim.shimlets.local.replica import Replica, ReplicaEnv, ReplicaPhase
+from modserv_shim.shimlets.local.state import ReplicaRecord, ResourceRecord, StateStore, valid_resource_id
+from modserv_shim.shimlets.local.status import summarize
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, ResourceStatus]
+_StatusKey = tuple[ResourcePhase, int, int, str | None, str | None]
+
+
+@dataclass
+class _Resource:
+    """A service's record (persisted) and its live replicas, by index."""
+
+    record: ResourceRecord
+    env: ReplicaEnv
+    replicas: dict[int, Replica] = field(default_factory=dict)
+    last_key: _StatusKey | None = None
+
+    def add(self, record: ReplicaRecord) -> Replica:
+        replica = self.replicas[record.index] = Replica(record, self.env)
+        return replica
+
+    def ordered(self) -> list[Replica]:
+        return [self.replicas[i] for i in sorted(self.replicas)]
+
+
+class LocalShimlet:
+    """Runs each replica of a service as a process on this machine.  See the module docstring."""
+
+    name = "local"
+    launch_target = "local"  # runtimes render local command lines for us, not container images
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.options = LocalOptions.from_mapping(ctx.options)
+        self.root = Path(ctx.data_dir) / "local"
+        self._store = StateStore(self.root)
+        self._resources: dict[str, _Resource] = {}
+        self._lock = asyncio.Lock()  # create / delete / scale, one at a time
+        self._start_lock = asyncio.Lock()
+        self._subscribers: weakref.WeakSet[asyncio.Queue[Event | None]] = weakref.WeakSet()
+        # trust_env=False: a proxy from the environment must never sit between us and 127.0.0.1.
+        self._http = httpx.AsyncClient(trust_env=False)
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Re-adopt the resources of earlier runs (idempotent)."""
+        async with self._start_lock:
+            self._check_open()
+            if self._started:
+                return
+            self._started = True
+            for record in self._store.load_all():
+                self._adopt(record)
+
+    async def close(self) -> None:
+        """Stop monitoring; leave every model server running for the next ``start``."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(r.detach() for res in self._resources.values() for r in res.replicas.values()))
+        await self._http.aclose()
+        for queue in list(self._subscribers):
+            queue.put_nowait(None)
+
+    # ------------------------------------------------------------- Shimlet
+
+    async def create(self, ctx: DeployContext) -> str:
+        resource_id = ctx.service_id
+        if not valid_resource_id(resource_id):
+            raise PermanentStepError(f"service id {resource_id!r} cannot name a local resource")
+        if ctx.replicas < 0:
+            raise ValidationFailed("replicas must be >= 0")
+        await self._ensure_started()
+        async with self._lock:
+            existing = self._resources.get(resource_id)
+            if existing is not None and not existing.record.failed_reason:
+                return resource_id
+            _check_command(ctx.launch)
+            if existing is not None:
+                await self._remove(existing)
+            record = ResourceRecord(
+                resource_id=resource_id,
+                launch=ctx.launch,
+                desired_replicas=ctx.replicas,
+                replicas=[ReplicaRecord(index=i, port=0) for i in range(ctx.replicas)],
+            )
+            resource = self._register(record)
+            for replica in resource.ordered():
+                replica.supervise()
+            self._changed(resource_id)
+        return resource_id
+
+    async def status(self, resource_id: str) -> ResourceStatus:
+        await self._ensure_started()
+        resource = self._resources.get(resource_id)
+        if resource is None:
+            return ResourceStatus(ResourcePhase.NOT_FOUND, reason=f"no local resource named {resource_id!r}")
+        return self._summarize(resource)
+
+    async def delete(self, resource_id: str) -> None:
+        await self._ensure_started()
+        async with self._lock:
+            resource = self._resources.get(resource_id)
+            if resource is not None:
+                await self._remove(resource)
+                self._publish(resource_id, ResourceStatus(ResourcePhase.NOT_FOUND, reason="deleted"))
+            elif valid_resource_id(resource_id):
+                self._store.remove(resource_id)  # leftovers of an unreadable state file
+
+    # -------------------------------------------------------- capabilities
+
+    async def scale(self, resource_id: str, replicas: int) -> None:
+        if replicas < 0:
+            raise ValidationFailed("replicas must be >= 0")
+        await self._ensure_started()
+        async with self._lock:
+            resource = self._get(resource_id)
+            record = resource.record
+            if record.failed_reason:
+                raise StateConflict(f"{resource_id} has failed; delete it and deploy again before scaling")
+            record.desired_replicas = replicas
+            for index in range(len(resource.replicas), replicas):
+                replica_record = ReplicaRecord(index=index, port=0)
+                record.replicas.append(replica_record)
+                resource.add(replica_record).supervise()
+            for replica in reversed(resource.ordered()[replicas:]):
+                await replica.stop()
+                del resource.replicas[replica.index]
+                record.replicas.remove(replica.record)
+            self._changed(resource_id)
+
+    async def logs(self, resource_id: str, tail: int = 100) -> list[str]:
+        await self._ensure_started()
+        resource = self._get(resource_id)
+        lines: list[str] = []
+        for replica in resource.ordered():
+            own = await asyncio.to_thread(logfiles.tail, replica.log_path, tail)
+            lines += [f"[replica {replica.index}] {line}" for line in own]
+        return lines
+
+    def watch(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
+        return self._stream(queue)
+
+    def render(self, ctx: DeployContext) -> dict[str, Any]:
+        """What ``create`` would start (for ``dryRun``); ports are allocated at start, so ``{port}`` stays."""
+        launch, host = ctx.launch, self.options.host
+        return {
+            "kind": "local-processes",
+            "resourceId": ctx.service_id,
+            "replicas": ctx.replicas,
+            "command": [*launch.local_command, *(a.replace("{host}", host) for a in launch.args)],
+            "env": dict(launch.env),
+            "readyPath": launch.ready_path,
+            "logs": str(self._store.resource_dir(ctx.service_id) / "replica-<i>.log"),
+        }
+
+    def resource_ids(self) -> list[str]:
+        """Ids of every resource this shimlet manages (after ``start``)."""
+        return sorted(self._resources)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _stream(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the local shimlet is closed")
+
+    def _get(self, resource_id: str) -> _Resource:
+        resource = self._resources.get(resource_id)
+        if resource is None:
+            raise NotFound(f"no local resource named {resource_id!r}")
+        return resource
+
+    def _register(self, record: ResourceRecord) -> _Resource:
+        rid = record.resource_id
+        env = ReplicaEnv(
+            resource_id=rid,
+            launch=record.launch,
+            options=self.options,
+            http=self._http,
+            log_dir=self._store.resource_dir(rid),
+            pick_port=self._pick_port,
+            changed=functools.partial(self._changed, rid),
+        )
+        resource = self._resources[rid] = _Resource(record, env)
+        for replica_record in record.replicas:
+            resource.add(replica_record)
+        return resource
+
+    def _adopt(self, record: ResourceRecord) -> None:
+        for index in range(len(record.replicas), record.desired_replicas):  # a scale-up cut short
+            record.replicas.append(ReplicaRecord(index=index, port=0))
+        resource = self._register(record)
+        for replica in resource.ordered():
+            if record.failed_reason:
+                replica.phase = ReplicaPhase.FAILED
+                continue
+            problem = None
+            rec = replica.record
+            if rec.pid is not None and not procfs.is_ours(rec.pid, rec.start_time):
+                log.info("local shimlet: %s replica %d (pid %s) is gone", record.resource_id, rec.index, rec.pid)
+                replica.forget_process()  # and kill the workers it may have left behind
+                if record.was_ready:
+                    problem = f"replica {rec.index} was not running when the shim started; starting it again"
+            replica.supervise(problem=problem)
+        self._changed(record.resource_id)
+
+    async def _remove(self, resource: _Resource) -> None:
+        """Stop every replica and forget the resource.  Forgotten first: late callbacks find nothing."""
+        rid = resource.record.resource_id
+        del self._resources[rid]
+        results = await asyncio.gather(*(replica.stop() for replica in resource.ordered()), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # something survived: keep tracking it so that delete can be retried
+            self._resources[rid] = resource
+            raise errors[0]
+        self._store.remove(rid)
+
+    def _pick_port(self, record: ReplicaRecord) -> int:
+        taken = {
+            other.port
+            for res in self._resources.values()
+            for other in res.record.replicas
+            if other is not record and other.port
+        }
+        return ports.pick_port(self.options.host, record.port or None, taken)
+
+    def _summarize(self, resource: _Resource) -> ResourceStatus:
+        return summarize(resource.record, resource.ordered(), self.options.endpoint_host)
+
+    def _changed(self, resource_id: str) -> None:
+        """A replica changed: update the record, persist it, tell the watchers."""
+        resource = self._resources.get(resource_id)
+        if resource is None:
+            return
+        record = resource.record
+        if record.failed_reason is None:
+            record.failed_reason = next((r.failure for r in resource.ordered() if r.failure), None)
+        status = self._summarize(resource)
+        if status.phase is ResourcePhase.READY and record.desired_replicas > 0:
+            record.was_ready = True
+        try:
+            self._store.save(record)
+        except OSError as exc:  # keep serving; the next change tries again
+            log.error("local shimlet: cannot save the state of %s: %s", resource_id, exc)
+        key: _StatusKey = (status.phase, status.ready_replicas, status.desired_replicas, status.endpoint, status.reason)
+        if key != resource.last_key:
+            resource.last_key = key
+            self._publish(resource_id, status)
+
+    def _publish(self, resource_id: str, status: ResourceStatus) -> None:
+        for queue in list(self._subscribers):
+            queue.put_nowait((resource_id, status))
+
+
+def _check_command(launch: LaunchSpec) -> None:
+    """Fail fast, in words, when the server program cannot start on this machine."""
+    command = launch.local_command
+    if not command:
+        raise PermanentStepError(f"the {launch.runtime} launch spec has no local command")
+    program = command[0]
+    found = os.access(program, os.X_OK) if os.sep in program else shutil.which(program) is not None
+    if not found:
+        raise PermanentStepError(
+            f"cannot start the {launch.runtime} server: {program!r} is not an executable on this machine"
+        )
+    if len(command) >= 3 and command[1] == "-m" and _same_file(program, sys.executable):
+        module = command[2].split(".")[0]
+        if importlib.util.find_spec(module) is None:
+            raise PermanentStepError(
+                f"cannot start the {launch.runtime} server: the Python module {module!r} is not installed"
+                f" in {sys.executable}; install it there (for llama.cpp: pip install"
+                " 'llama-cpp-python[server]'), or put the server's own binary on PATH"
+            )
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
