@@ -47,6 +47,22 @@ class Live:
     server: Server
     url: str
     client: httpx.AsyncClient
+    userver: uvicorn.Server
+    task: asyncio.Task[None]
+    stopped: bool = False
+
+    async def stop(self, *, delete_services: bool = False) -> None:
+        """Stop the server; its workloads keep running unless ``delete_services``."""
+        if self.stopped:
+            return
+        if delete_services:
+            for rec in await self.server.manager.list_services():
+                if rec.state.value != "terminated":
+                    await self.server.manager.delete(rec.id, "test-teardown")
+        await self.client.aclose()
+        self.userver.should_exit = True
+        await self.task
+        self.stopped = True
 
     async def call(self, method: str, path: str, expect: int | None = None, **kw: Any) -> dict[str, Any]:
         r = await self.client.request(method, path, **kw)
@@ -79,8 +95,12 @@ def fake_settings(tmp_path: Path, **kw: Any) -> Settings:
 
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Live]]]:
-    """Start servers (fake shimlet + fake pipeline registered) on free ports; all stop at teardown."""
-    running: list[tuple[uvicorn.Server, asyncio.Task[None], httpx.AsyncClient]] = []
+    """Start servers (fake shimlet + fake pipeline registered) on free ports.
+
+    At teardown every server still running deletes its services (so no model
+    process outlives the test) and stops.
+    """
+    running: list[Live] = []
 
     async def start(settings: Settings | None = None, headers: dict[str, str] | None = None) -> Live:
         settings = settings or fake_settings(tmp_path)
@@ -93,15 +113,14 @@ async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         task = asyncio.create_task(userver.serve())
         await wait_for(lambda: _true(userver.started), timeout=10)
         url = f"http://{settings.host}:{settings.port}"
-        client = httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=30)
-        running.append((userver, task, client))
-        return Live(srv, url, client)
+        client = httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=60)
+        live = Live(srv, url, client, userver, task)
+        running.append(live)
+        return live
 
     yield start
-    for userver, task, client in running:
-        await client.aclose()
-        userver.should_exit = True
-        await task
+    for live in reversed(running):
+        await live.stop(delete_services=True)
 
 
 async def _true(value: bool) -> bool:

