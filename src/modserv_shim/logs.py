@@ -20,6 +20,7 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
 def configure(level: str = "info", fmt: str = "console") -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("alembic").setLevel(max(lvl, logging.WARNING))
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(
         colors=sys.stderr.isatty())
     structlog.configure(

@@ -10,24 +10,40 @@ from modserv_shim.errors import StepError
 from modserv_shim.plugins import EndpointProber, Shimlet
 
 
-async def request(
-    shimlet: Shimlet, resource_id: str, endpoint: str | None, method: str, path: str, json: Any = None
-) -> tuple[int, Any]:
-    """One request to the service, through the shimlet when it provides a way, else directly."""
-    if isinstance(shimlet, EndpointProber):
-        return await shimlet.request(resource_id, method, path, json)
-    if not endpoint:
-        raise StepError("the shimlet reports no endpoint for the service")
-    async with httpx.AsyncClient(base_url=endpoint, timeout=httpx.Timeout(60.0, connect=5.0)) as client:
+class Prober:
+    """Requests to the service, through the shimlet when it provides a way, else directly.
+
+    One HTTP client per prober: building an ``httpx`` client loads the CA bundle,
+    which costs tens of milliseconds, more than the probe itself.
+    """
+
+    def __init__(self, shimlet: Shimlet, resource_id: str, endpoint: str | None) -> None:
+        self.shimlet, self.resource_id, self.endpoint = shimlet, resource_id, endpoint
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> Prober:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        if isinstance(self.shimlet, EndpointProber):
+            return await self.shimlet.request(self.resource_id, method, path, json)
+        if not self.endpoint:
+            raise StepError("the shimlet reports no endpoint for the service")
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self.endpoint, timeout=httpx.Timeout(60.0, connect=5.0))
         try:
-            r = await client.request(method, path, json=json)
+            r = await self._client.request(method, path, json=json)
         except httpx.HTTPError as exc:
-            raise StepError(f"{method} {endpoint}{path} failed: {type(exc).__name__}: {exc}") from exc
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    return r.status_code, body
+            raise StepError(f"{method} {self.endpoint}{path} failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        return r.status_code, body
 
 
 def served_models(body: Any) -> list[str]:
