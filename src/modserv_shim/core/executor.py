@@ -16,6 +16,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +39,10 @@ class Recorder(Protocol):
     """Where the executor writes progress: the store, or memory for a dry run."""
 
     async def add_step_run(self, run: StepRun) -> int: ...
-    async def finish_step_run(self, run: StepRun) -> None: ...
+    async def finish_step_run(
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+    ) -> None:
+        """Store the finished attempt, its last log lines and (on success) the service's progress at once."""
     async def add_step_logs(self, logs: Sequence[StepLog]) -> None: ...
     async def update_service(self, service_id: str, **fields: Any) -> None: ...
 
@@ -55,8 +59,10 @@ class MemoryRecorder:
         self.runs.append(run)
         return run.id
 
-    async def finish_step_run(self, run: StepRun) -> None:
-        return None
+    async def finish_step_run(
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+    ) -> None:
+        self.logs.extend(logs)
 
     async def add_step_logs(self, logs: Sequence[StepLog]) -> None:
         self.logs.extend(logs)
@@ -132,6 +138,7 @@ class _Context:
         self.started_loop_time = asyncio.get_running_loop().time()
         self.pending_logs: list[StepLog] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._writing = False
 
     @property
     def service_id(self) -> str:
@@ -180,12 +187,29 @@ class _Context:
         log.log(_LEVELS.get(level, 20), message, service_id=self._rec.id, step=self._step.name,
                 attempt=self._attempt, **fields)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self.flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
-    async def flush(self) -> None:
-        while self.pending_logs:
-            batch, self.pending_logs = self.pending_logs, []
-            await self._ex.recorder.add_step_logs(batch)
+    async def _flush_soon(self) -> None:
+        """Lines of a long step reach the store within LOG_FLUSH_DELAY; a quick step's go with its end."""
+        await asyncio.sleep(LOG_FLUSH_DELAY)
+        self._writing = True
+        try:
+            while self.pending_logs:
+                batch, self.pending_logs = self.pending_logs, []
+                await self._ex.recorder.add_step_logs(batch)
+        finally:
+            self._writing = False
+
+    async def drain_logs(self) -> list[StepLog]:
+        """Stop background flushing and return the lines not stored yet."""
+        task = self._flusher
+        if task is not None and not task.done():
+            if not self._writing:
+                task.cancel()  # still waiting: nothing half-written
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        batch, self.pending_logs = self.pending_logs, []
+        return batch
 
     def set_output(self, key: str, value: Any) -> None:
         self._new_outputs[key] = _jsonable(value)
@@ -205,6 +229,7 @@ class _Context:
         self.params["timeout"] = seconds
 
 
+LOG_FLUSH_DELAY = 0.2
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
@@ -252,9 +277,6 @@ class Executor:
             await enter_phase(step.phase)
             await self._run_step(rec, pipeline, step, spec, shimlet, operator, stop_before is not None,
                                  step.name in fixed_timeouts)
-            rec.current_step += 1
-            await self.recorder.update_service(rec.id, current_step=rec.current_step, outputs=rec.outputs,
-                                               resource_id=rec.resource_id)
 
     async def _run_step(
         self,
@@ -296,7 +318,9 @@ class Executor:
                 error = exc
             if error is None:
                 rec.outputs.update(ctx.new_outputs)
-                await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None)
+                rec.current_step += 1
+                progress = {"current_step": rec.current_step, "outputs": rec.outputs, "resource_id": rec.resource_id}
+                await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None, progress)
                 return
             status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
             reason = describe_error(error)
@@ -312,7 +336,14 @@ class Executor:
             await self.clock.sleep(delay)
 
     async def _finish(
-        self, pipeline: Pipeline, run: StepRun, ctx: _Context, t0: float, status: str, error: str | None
+        self,
+        pipeline: Pipeline,
+        run: StepRun,
+        ctx: _Context,
+        t0: float,
+        status: str,
+        error: str | None,
+        progress: Mapping[str, Any] | None = None,
     ) -> None:
         elapsed = time.monotonic() - t0
         run.status = status
@@ -320,12 +351,12 @@ class Executor:
         run.finished_at = time.time()
         run.duration_ms = round(elapsed * 1000, 3)
         run.params.update(ctx.params)
-        await asyncio.shield(self._persist_finish(run, ctx))
+        await asyncio.shield(self._persist_finish(run, ctx, progress))
         self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
         log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,
                  outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=run.params,
                  error=error)
 
-    async def _persist_finish(self, run: StepRun, ctx: _Context) -> None:
-        await ctx.flush()
-        await self.recorder.finish_step_run(run)
+    async def _persist_finish(self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None) -> None:
+        logs = await ctx.drain_logs()
+        await self.recorder.finish_step_run(run, logs, progress)

@@ -254,13 +254,13 @@ class Registry:
             raise PluginLoadError(f"{entry.kind} {entry.name!r} failed to start: {_summary(exc)}") from exc
         if entry.kind == "shimlet":
             check_shimlet(obj, entry.name)
-            if isinstance(obj, Lifecycle):
-                try:
-                    await obj.start()
-                except Exception as exc:
-                    raise PluginLoadError(f"shimlet {entry.name!r} failed to start: {_summary(exc)}") from exc
         else:
             check_pipeline(obj, entry.name)
+        if isinstance(obj, Lifecycle):
+            try:
+                await obj.start()
+            except Exception as exc:
+                raise PluginLoadError(f"{entry.kind} {entry.name!r} failed to start: {_summary(exc)}") from exc
         entry.instance = obj
         return obj
 
@@ -285,9 +285,10 @@ class Registry:
         return d
 
     async def close(self) -> None:
-        for e in self._entries["shimlet"].values():
-            if isinstance(e.instance, Lifecycle):
-                try:
-                    await e.instance.close()
-                except Exception as exc:  # closing must not stop the others from closing
-                    log.warning("shimlet close failed", name=e.name, error=_summary(exc))
+        for kind in KINDS:
+            for e in self._entries[kind].values():
+                if isinstance(e.instance, Lifecycle):
+                    try:
+                        await e.instance.close()
+                    except Exception as exc:  # closing must not stop the others from closing
+                        log.warning("plugin close failed", kind=kind, name=e.name, error=_summary(exc))

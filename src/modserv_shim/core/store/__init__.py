@@ -11,7 +11,7 @@ and the event history never disagree, even after ``kill -9``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +140,20 @@ class Store:
         run.id = int(pk[0])
         return run.id
 
-    async def finish_step_run(self, run: StepRun) -> None:
+    async def finish_step_run(
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+    ) -> None:
+        """The attempt's outcome, its last log lines and the service's progress, in one transaction."""
         async with self.engine.begin() as conn:
+            if logs:
+                await conn.execute(insert(t.step_logs), [_row(x, skip_id=True) for x in logs])
             await conn.execute(
                 update(t.step_runs).where(t.step_runs.c.id == run.id).values(**_row(run, skip_id=True))
             )
+            if progress:
+                await conn.execute(
+                    update(t.services).where(t.services.c.id == run.service_id).values(**progress, updated_at=now())
+                )
 
     async def list_step_runs(self, service_id: str) -> list[StepRun]:
         q = select(t.step_runs).where(t.step_runs.c.service_id == service_id).order_by(t.step_runs.c.id)

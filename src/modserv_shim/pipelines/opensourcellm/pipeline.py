@@ -11,13 +11,20 @@
    the request (``healthCheckTimeout``) fixes it.
 
 Every step is idempotent: after a crash of the server the step in flight runs again.
+
+Extending it: subclass and add steps (see examples/plugins/quant_pipeline.py).  A
+step that produces another model file sets the output ``model_file`` (and
+``model``, the new file's facts); rendering and deployment then use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
+
+import httpx
 
 from modserv_shim.errors import PermanentStepError, StepError
 from modserv_shim.modelinfo import ModelFacts, check_fit, default_context_length, inspect_model
@@ -33,6 +40,7 @@ from modserv_shim.plugins import (
     RetryPolicy,
     StepContext,
     StepSpec,
+    Watchable,
     WorkloadRenderer,
     launch_target,
 )
@@ -43,10 +51,13 @@ CONFIG_RENDERING = "config-rendering"
 RESOURCE_DEPLOYMENT = "resource-deployment"
 HEALTH_CHECK = "health-check"
 
+MODEL_FILE_OUTPUT = "model_file"  # a step may replace the model (e.g. a quantized copy) by setting this output
+
 HEALTH_BASE_SECONDS = 120.0
 HEALTH_SECONDS_PER_GIB = 60.0
 HEALTH_MAX_SECONDS = 3600.0
 POLL_SECONDS = 0.05  # status() is cached in memory by contract: polling it is cheap
+WATCH_RECHECK = 1.0  # with a watch stream, still look now and then (a missed event must not stall us)
 
 
 def health_timeout(weights_bytes: int) -> float:
@@ -72,6 +83,21 @@ class OpenSourceLLMPipeline:
         self.images: Mapping[str, str] = dict(ctx.options.get("images", {}))
         self.gpu_memory_utilization = float(ctx.options.get("gpu_memory_utilization", 0.9))
         self.probe_prompt = str(ctx.options.get("probe_prompt", "Hello"))
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+        return self._http
 
     def steps(self) -> Sequence[StepSpec]:
         return [
@@ -145,7 +171,7 @@ class OpenSourceLLMPipeline:
         timeout = spec.healthCheckTimeout or health_timeout(facts.weights_bytes)
         params = LaunchParams(
             served_model_name=spec.modelName,
-            model_path=spec.modelFile,
+            model_path=str(ctx.outputs.get(MODEL_FILE_OUTPUT, spec.modelFile)),
             accelerator_count=rr.acceleratorCount,
             context_length=default_context_length(facts, spec.contextLength),
             gpu_memory_utilization=self.gpu_memory_utilization if rr.acceleratorType else None,
@@ -195,15 +221,15 @@ class OpenSourceLLMPipeline:
             raise StepError("no workload was recorded for this service")
         endpoint = await self._wait_ready(ctx, rid)
         name = launch.served_model_name
-        async with probe.Prober(ctx.shimlet, rid, endpoint) as prober:
-            status, body = await prober.request("GET", "/v1/models")
-            listed = probe.served_models(body)
-            if status != 200 or name not in listed:
-                raise StepError(f"GET /v1/models answered {status} and lists {listed or 'no model'}, not {name!r}")
-            ctx.log(f"/v1/models lists {name}")
-            t0 = time.monotonic()
-            status, body = await prober.request("POST", "/v1/completions",
-                                                {"model": name, "prompt": self.probe_prompt, "max_tokens": 1})
+        prober = probe.Prober(ctx.shimlet, rid, endpoint, self.http)
+        status, body = await prober.request("GET", "/v1/models")
+        listed = probe.served_models(body)
+        if status != 200 or name not in listed:
+            raise StepError(f"GET /v1/models answered {status} and lists {listed or 'no model'}, not {name!r}")
+        ctx.log(f"/v1/models lists {name}")
+        t0 = time.monotonic()
+        status, body = await prober.request("POST", "/v1/completions",
+                                            {"model": name, "prompt": self.probe_prompt, "max_tokens": 1})
         text = probe.completion_text(body)
         if status != 200 or text is None:
             raise StepError(f"a one-token completion answered {status}: {str(body)[:300]}")
@@ -211,21 +237,43 @@ class OpenSourceLLMPipeline:
         ctx.set_output("endpoint", endpoint)
 
     async def _wait_ready(self, ctx: StepContext, rid: str) -> str | None:
+        """Until the shimlet says ready; woken by its watch stream when it has one, else polling."""
+        changed = asyncio.Event()
+        follower = asyncio.create_task(_follow(ctx.shimlet, rid, changed)) if isinstance(
+            ctx.shimlet, Watchable) else None
         last_reason: str | None = None
-        while True:
-            st = await ctx.shimlet.status(rid)
-            if st.phase is ResourcePhase.READY:
-                ctx.log(f"{st.ready_replicas}/{st.desired_replicas} replicas ready at {st.endpoint}")
-                return st.endpoint
-            if st.phase is ResourcePhase.FAILED:
-                raise PermanentStepError(st.reason or "the workload failed before becoming ready",
-                                         details=dict(st.detail))
-            if st.phase is ResourcePhase.NOT_FOUND:
-                raise StepError("the workload disappeared while starting")
-            reason = st.reason or f"{st.ready_replicas}/{st.desired_replicas} replicas ready"
-            if reason != last_reason:
-                ctx.log(f"waiting: {reason}")
-                last_reason = reason
-            await asyncio.sleep(POLL_SECONDS)
+        try:
+            while True:
+                changed.clear()
+                st = await ctx.shimlet.status(rid)
+                if st.phase is ResourcePhase.READY:
+                    ctx.log(f"{st.ready_replicas}/{st.desired_replicas} replicas ready at {st.endpoint}")
+                    return st.endpoint
+                if st.phase is ResourcePhase.FAILED:
+                    raise PermanentStepError(st.reason or "the workload failed before becoming ready",
+                                             details=dict(st.detail))
+                if st.phase is ResourcePhase.NOT_FOUND:
+                    raise StepError("the workload disappeared while starting")
+                reason = st.reason or f"{st.ready_replicas}/{st.desired_replicas} replicas ready"
+                if reason != last_reason:
+                    ctx.log(f"waiting: {reason}")
+                    last_reason = reason
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), POLL_SECONDS if follower is None else WATCH_RECHECK)
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
 
 
+async def _follow(shimlet: Watchable, rid: str, changed: asyncio.Event) -> None:
+    stream = shimlet.watch()
+    try:
+        async for resource_id, _ in stream:
+            if resource_id == rid:
+                changed.set()
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

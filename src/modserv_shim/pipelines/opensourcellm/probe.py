@@ -11,34 +11,25 @@ from modserv_shim.plugins import EndpointProber, Shimlet
 
 
 class Prober:
-    """Requests to the service, through the shimlet when it provides a way, else directly.
+    """Requests to the service, through the shimlet when it provides a way, else over HTTP.
 
-    One HTTP client per prober: building an ``httpx`` client loads the CA bundle,
-    which costs tens of milliseconds, more than the probe itself.
+    The HTTP client is the pipeline's, shared by all health checks: building an
+    ``httpx`` client loads the CA bundle, which costs more than the probe itself.
     """
 
-    def __init__(self, shimlet: Shimlet, resource_id: str, endpoint: str | None) -> None:
-        self.shimlet, self.resource_id, self.endpoint = shimlet, resource_id, endpoint
-        self._client: httpx.AsyncClient | None = None
-
-    async def __aenter__(self) -> Prober:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+    def __init__(self, shimlet: Shimlet, resource_id: str, endpoint: str | None, http: httpx.AsyncClient) -> None:
+        self.shimlet, self.resource_id, self.endpoint, self.http = shimlet, resource_id, endpoint, http
 
     async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
         if isinstance(self.shimlet, EndpointProber):
             return await self.shimlet.request(self.resource_id, method, path, json)
         if not self.endpoint:
             raise StepError("the shimlet reports no endpoint for the service")
-        if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.endpoint, timeout=httpx.Timeout(60.0, connect=5.0))
+        url = self.endpoint.rstrip("/") + path
         try:
-            r = await self._client.request(method, path, json=json)
+            r = await self.http.request(method, url, json=json)
         except httpx.HTTPError as exc:
-            raise StepError(f"{method} {self.endpoint}{path} failed: {type(exc).__name__}: {exc}") from exc
+            raise StepError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         try:
             body = r.json()
         except ValueError:
