@@ -153,7 +153,7 @@ async def test_runtime_that_exits_reports_its_last_log_lines(start_server, tmp_p
     step, reason = await failed_reason(live, body)
     assert step == "health-check"
     assert "exited with code 2" in reason
-    assert "invalid" in reason and "n_ctx" in reason  # argparse's own words, from the log
+    assert "invalid" in reason and "n_ctx" in reason, reason  # argparse's own words, from the log
 
 
 async def test_hf_folder_with_missing_shard(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
