@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import Live
+from tests.conftest import Live, wait_for
 
 DEPLOY = {
     "modelName": "llama-3-8b",
@@ -70,11 +70,29 @@ async def test_delete_during_pipeline_cancels_it(start_server, tmp_path: Path) -
     live: Live = await start_server()
     spec = {**DEPLOY, "env": {"FAKE_GATE_DEPLOY": str(tmp_path / "never")}}
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=spec))["data"]["serviceId"]
-    await live.wait_state(sid, "deploying")
+
+    async def deploy_in_flight() -> bool:
+        steps = (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline"))["data"]["steps"]
+        return bool(steps[1]["status"] == "running")
+
+    await wait_for(deploy_in_flight)
     body = await live.call("DELETE", f"/api/v1/modserv/{sid}", expect=200)
     assert body["data"]["state"] == "terminated"
     runs = (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline/logs"))["data"]["runs"]
-    assert runs[-1]["step"] == "deploy" and runs[-1]["status"] == "cancelled"
+    assert [(r["step"], r["status"]) for r in runs] == [("prepare", "succeeded"), ("deploy", "cancelled")]
+    assert runs[-1]["error"] == "cancelled: the service was deleted"
+
+
+async def test_delete_right_after_deploy_leaves_no_run_behind(start_server) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server()
+    for _ in range(5):
+        sid = (await live.call("POST", "/api/v1/modserv/deploy", json=DEPLOY))["data"]["serviceId"]
+        body = await live.call("DELETE", f"/api/v1/modserv/{sid}", expect=200)
+        assert body["data"]["state"] == "terminated"
+        runs = (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline/logs"))["data"]["runs"]
+        assert all(r["status"] in ("succeeded", "cancelled") for r in runs), runs
+    shimlet = await live.server.manager.registry.shimlet("fake")
+    assert shimlet.resources() == {}  # type: ignore[attr-defined]
 
 
 async def test_failed_step_reason_and_retry_from_failed_step(start_server) -> None:  # type: ignore[no-untyped-def]

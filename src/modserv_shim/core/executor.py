@@ -297,14 +297,17 @@ class Executor:
                           params={"timeout": step.timeout, "retry": asdict(policy)})
             t0 = time.monotonic()
             error: BaseException | None = None
+            # The attempt is recorded even when a delete cancels us during the insert.
+            recorded = asyncio.ensure_future(self.recorder.add_step_run(run))
             try:
-                await self.recorder.add_step_run(run)
+                await asyncio.shield(recorded)
                 log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
                          operator=operator, timeout=step.timeout)
                 async with asyncio.timeout(step.timeout) as cm:
                     ctx.timeout_cm = cm
                     await pipeline.run_step(step, ctx)
             except asyncio.CancelledError:
+                await asyncio.wait([recorded])
                 if run.id is not None:
                     await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
                                        "cancelled: the service was deleted")

@@ -287,7 +287,9 @@ class ServiceManager:
         rec.state = new
         rec.reason = reason
         rec.updated_at = now()
-        await self.store.save_transition(rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator))
+        # shielded: a delete that cancels the pipeline must not leave memory and store disagreeing
+        await asyncio.shield(
+            self.store.save_transition(rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator)))
         self.metrics.transitions.labels(from_state=old.value, to_state=new.value).inc()
         self.metrics.services.labels(state=old.value).dec()
         self.metrics.services.labels(state=new.value).inc()

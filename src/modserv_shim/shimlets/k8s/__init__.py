@@ -1,0 +1,21 @@
+"""The ``k8s`` shimlet: model servers as Deployments/StatefulSets + Services on a Kubernetes cluster.
+
+Files, in the order a request meets them:
+
+``shimlet``     the plugin and its contracts (create, status, delete, scale, logs, watch,
+                render, inspect_model, request)
+``options``     every option with its default and meaning
+``naming``      Kubernetes names and labels derived from the service id
+``manifests``   Deployment / StatefulSet / Service / validation Job manifests
+``podspec``     the pod spec pieces: scheduling, resources, model volume, probes
+``kube``        lightkube with retries, error translation, the service proxy
+``informer``    list + watch of one kind, resumed and relisted on errors
+``cache``       the watch cache that ``status`` answers from
+``status``      workload + pods -> phase; ``reasons``: pod states in plain words
+``validation``  the model check where the pods see it (model_root or a Job)
+"""
+
+from modserv_shim.shimlets.k8s.options import K8sOptions, ModelVolume
+from modserv_shim.shimlets.k8s.shimlet import K8sShimlet
+
+__all__ = ["K8sOptions", "K8sShimlet", "ModelVolume"]

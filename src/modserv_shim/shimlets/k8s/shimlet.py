@@ -1,0 +1,365 @@
+"""The ``k8s`` shimlet: each service is a Deployment (or StatefulSet) plus a ClusterIP Service.
+
+Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
+
+* ``create`` applies the Service and the workload with server-side apply under
+  our field manager: the first call creates them, an identical call changes
+  nothing (not even ``metadata.generation``), a changed spec is an update.
+  The resource id is the service id; Kubernetes names derive from it
+  (:mod:`.naming`).  ``create`` on a FAILED workload is a retry: the spec is
+  re-applied and its pods are deleted, so the controller starts fresh ones
+  (image pulls and crash back-offs start over).
+* ``status`` answers from the watch cache (:mod:`.cache`), never from the API;
+  see :mod:`.status` for the phases and :mod:`.reasons` for the words.
+* ``delete`` (idempotent; takes the resource id, which is the service id)
+  deletes the workload (both kinds) and the Service with background cascade,
+  then waits up to ``delete_wait`` seconds for the pods to be gone, so that a
+  redeploy right after finds the GPUs free.
+* ``scale`` goes through the ``/scale`` subresource; ``logs`` reads each pod
+  (``[pod] line``; a crash-looping container's previous run); ``request`` reaches
+  the service through the API server's service proxy (or directly, in-cluster).
+* ``watch`` streams ``(service id, status)`` for every change of every service,
+  fed by three label-selected watches shared by all services (:mod:`.informer`).
+* ``start`` lists and watches before it returns, so the workloads of an earlier
+  run are *adopted* from the cluster by their labels, not recreated; ``close``
+  stops watching and leaves every workload running.
+* ``inspect_model`` validates the model where the pods will see it (:mod:`.validation`).
+* ``render`` returns the manifests ``create`` would apply (for ``dryRun``).
+
+The public methods start the shimlet themselves if the server forgot to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx2
+
+from modserv_shim.errors import (
+    BackendUnavailable,
+    NotFound,
+    PermanentStepError,
+    ShimError,
+    StateConflict,
+    ValidationFailed,
+)
+from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
+from modserv_shim.shimlets.k8s import manifests, naming
+from modserv_shim.shimlets.k8s.cache import KINDS, WORKLOAD_KINDS, ClusterCache
+from modserv_shim.shimlets.k8s.informer import Informer
+from modserv_shim.shimlets.k8s.kube import KubeApi, load_config, proxy_path
+from modserv_shim.shimlets.k8s.options import K8sOptions
+from modserv_shim.shimlets.k8s.podspec import PORT_NAME
+from modserv_shim.shimlets.k8s.status import Track, status_key, summarize
+from modserv_shim.shimlets.k8s.validation import ValidationJob, inspect
+from modserv_shim.spec import DeploySpec
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, ResourceStatus]
+Obj = dict[str, Any]
+
+
+def _meta(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta = (obj or {}).get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def owner_of(workload: Mapping[str, Any]) -> str:
+    """The service id a workload belongs to (its annotation; the name for foreign objects)."""
+    meta = _meta(workload)
+    return str((meta.get("annotations") or {}).get(naming.SERVICE_ID_ANNOTATION) or meta.get("name"))
+
+
+class K8sShimlet:
+    """Runs each service as a Kubernetes workload.  See the module docstring."""
+
+    name = "k8s"
+    launch_target = "container"
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.options = K8sOptions.from_mapping(ctx.options)
+        self._namespace: str | None = self.options.namespace
+        self._kube: KubeApi | None = None
+        self._direct: httpx2.AsyncClient | None = None
+        self._job: ValidationJob | None = None
+        self._cache = ClusterCache(self._on_change)
+        self._informers: list[Informer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tracks: dict[str, Track] = {}
+        self._statuses: dict[str, ResourceStatus] = {}
+        self._owners: dict[str, str] = {}  # workload name -> service id
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._subscribers: weakref.WeakSet[asyncio.Queue[Event | None]] = weakref.WeakSet()
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect, list and watch; returns once the cache holds what exists (idempotent)."""
+        async with self._start_lock:
+            self._check_open()
+            if self._started:
+                return
+            config = load_config(self.options)
+            namespace = self.options.namespace or config.namespace
+            kube = KubeApi(config, namespace, self.options)
+            informers = [Informer(kind, self._cache, kube.list_kind, kube.watch, kube.backoff) for kind in KINDS]
+            self._kube, self._namespace, self._informers = kube, namespace, informers
+            self._tasks = [asyncio.create_task(i.run(), name=f"k8s-informer-{i.kind}") for i in informers]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)),
+                                       self.options.sync_timeout)
+            except TimeoutError:
+                await self._stop_watching()
+                raise BackendUnavailable(
+                    f"the Kubernetes API at {config.cluster.server} did not answer the first lists within"
+                    f" {self.options.sync_timeout:g} s (namespace {namespace})") from None
+            if self.options.endpoint_access == "direct":
+                self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
+            self._job = ValidationJob(kube, self._cache, self.options)
+            self._started = True
+            log.info("k8s shimlet: watching namespace %s on %s; %d workload(s) adopted", namespace,
+                     config.cluster.server, len(self._cache.workload_names()))
+
+    async def close(self) -> None:
+        """Stop watching; every workload keeps running for the next ``start``."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_watching()
+        if self._direct is not None:
+            await self._direct.aclose()
+        for queue in list(self._subscribers):
+            queue.put_nowait(None)
+
+    async def _stop_watching(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._kube is not None:
+            await self._kube.close()
+
+    # ------------------------------------------------------------- Shimlet
+
+    async def create(self, ctx: DeployContext) -> str:
+        if ctx.replicas < 0:
+            raise ValidationFailed("replicas must be >= 0")
+        kube = await self._ready()
+        rid, name = ctx.service_id, naming.workload_name(ctx.service_id)
+        service = manifests.service(ctx, name, kube.namespace)
+        workload = manifests.workload(ctx, name, kube.namespace, self.options)
+        kind = workload["kind"]
+        async with self._lock(name):
+            existing = self._cache.workloads(name)
+            for obj in existing.values():
+                if owner_of(obj) != rid:
+                    raise PermanentStepError(f"the Kubernetes name {name} already belongs to {owner_of(obj)!r}")
+            for other in set(existing) - {kind}:  # the workload type changed: the old kind goes
+                await kube.delete(other, name)
+            before = existing.get(kind)
+            track = self._tracks.setdefault(name, Track())
+            failed = track.failed_reason is not None
+            old_pods = self._cache.pods_of(name)
+            self._owners[name] = rid
+            await kube.apply(service)
+            applied = await kube.apply(workload)
+            if before is None or _meta(applied).get("generation") != _meta(before).get("generation"):
+                track.restart(str(_meta(p).get("uid")) for p in old_pods)  # a new spec: earlier verdicts are void
+            elif failed:
+                track.restart(str(_meta(p).get("uid")) for p in old_pods)
+                for pod in old_pods:  # retry: fresh pods, fresh image pulls and crash back-offs
+                    await kube.delete("Pod", str(_meta(pod).get("name")))
+            self._cache.put(applied)
+            self._refresh(name)
+        return rid
+
+    async def status(self, resource_id: str) -> ResourceStatus:
+        await self._ready()
+        name = naming.workload_name(resource_id)
+        status = self._statuses.get(name)
+        if status is None or self._owners.get(name) != resource_id:
+            return ResourceStatus(ResourcePhase.NOT_FOUND, reason=f"no workload for {resource_id!r} in namespace"
+                                                                  f" {self._namespace}")
+        return status
+
+    async def delete(self, resource_id: str) -> None:
+        kube = await self._ready()
+        name = naming.workload_name(resource_id)
+        owner = self._owners.get(name)
+        if owner is not None and owner != resource_id:
+            log.warning("k8s shimlet: not deleting %s: it belongs to %s, not %s", name, owner, resource_id)
+            return
+        async with self._lock(name):
+            for kind in (*WORKLOAD_KINDS, "Service"):
+                await kube.delete(kind, name)
+
+            def gone() -> bool:
+                return self._cache.workload(name) is None and not self._cache.pods_of(name)
+
+            if not await self._cache.wait_until(gone, self.options.delete_wait):
+                log.warning("k8s shimlet: pods of %s still terminating after %g s", name, self.options.delete_wait)
+
+    # -------------------------------------------------------- capabilities
+
+    async def scale(self, resource_id: str, replicas: int) -> None:
+        if replicas < 0:
+            raise ValidationFailed("replicas must be >= 0")
+        kube = await self._ready()
+        name = naming.workload_name(resource_id)
+        async with self._lock(name):
+            workload = self._workload(resource_id)
+            track = self._tracks.get(name)
+            if track is not None and track.failed_reason:
+                raise StateConflict(f"{resource_id} has failed; delete it and deploy again before scaling")
+            kind = str(workload["kind"])
+            scale = await kube.scale(kind, name, replicas)
+            self._cache.patch_replicas(kind, name, replicas, _meta(scale).get("resourceVersion"))
+
+    async def logs(self, resource_id: str, tail: int = 100) -> list[str]:
+        kube = await self._ready()
+        name = naming.workload_name(resource_id)
+        self._workload(resource_id)
+        lines: list[str] = []
+        for pod in sorted(self._cache.pods_of(name), key=lambda p: str(_meta(p).get("name"))):
+            pod_name = str(_meta(pod).get("name"))
+            try:
+                own = await kube.logs(pod_name, tail, previous=_crash_looping(pod))
+            except ShimError as exc:
+                own = [f"(no logs: {exc})"]
+            lines += [f"[{pod_name}] {line}" for line in own[-tail:]] if tail > 0 else []
+        return lines
+
+    def watch(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
+        return self._stream(queue)
+
+    def render(self, ctx: DeployContext) -> dict[str, Any]:
+        """The manifests ``create`` would apply (no cluster needed)."""
+        return manifests.render(ctx, naming.workload_name(ctx.service_id), self._render_namespace(), self.options)
+
+    async def inspect_model(self, spec: DeploySpec) -> Mapping[str, Any]:
+        if not self.options.model_root:
+            await self._ready()
+        return await inspect(spec, self.options, self._job)
+
+    async def request(self, resource_id: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        """``method path`` on the service's endpoint: via the API server's service proxy, or directly."""
+        kube = await self._ready()
+        name = naming.workload_name(resource_id)
+        what = f"{method} {path} on service {kube.namespace}/{name}"
+        if self._direct is not None:
+            url = f"{self._endpoint(name, self._cache.workload(name))}/{path.lstrip('/')}"
+            return await kube.raw_request(method, url, what=what, json_body=json, client=self._direct)
+        return await kube.raw_request(method, proxy_path(kube.namespace, name, PORT_NAME, path), what=what,
+                                      json_body=json)
+
+    def resource_ids(self) -> list[str]:
+        """Ids of every service this shimlet sees (after ``start``)."""
+        return sorted(self._owners[n] for n in self._statuses if n in self._owners)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _ready(self) -> KubeApi:
+        if not self._started:
+            await self.start()
+        self._check_open()
+        assert self._kube is not None
+        return self._kube
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the k8s shimlet is closed")
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _workload(self, resource_id: str) -> Obj:
+        name = naming.workload_name(resource_id)
+        workload = self._cache.workload(name)
+        if workload is None or owner_of(workload) != resource_id:
+            raise NotFound(f"no Kubernetes workload for {resource_id!r} in namespace {self._namespace}")
+        return workload
+
+    def _render_namespace(self) -> str:
+        if self._namespace is None:
+            try:
+                self._namespace = load_config(self.options).namespace
+            except ShimError:
+                self._namespace = "default"
+        return self._namespace
+
+    def _endpoint(self, name: str, workload: Mapping[str, Any] | None) -> str:
+        port = 8000
+        template = ((workload or {}).get("spec") or {}).get("template") or {}
+        for container in (template.get("spec") or {}).get("containers") or []:
+            for p in container.get("ports") or []:
+                if p.get("name") == PORT_NAME:
+                    port = int(p.get("containerPort") or port)
+        return f"http://{name}.{self._namespace}.svc.{self.options.cluster_domain}:{port}"
+
+    def _on_change(self, names: set[str]) -> None:
+        for name in names:
+            self._refresh(name)
+
+    def _refresh(self, name: str) -> None:
+        """Recompute one workload's status from the cache; tell the watchers when it changed."""
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        workload = self._cache.workload(name)
+        if workload is None:
+            if self._statuses.pop(name, None) is not None:
+                self._tracks.pop(name, None)
+                rid = self._owners.pop(name, name)
+                self._publish(rid, ResourceStatus(ResourcePhase.NOT_FOUND, reason="deleted"))
+            return
+        rid = self._owners.setdefault(name, owner_of(workload))
+        track = self._tracks.get(name)
+        if track is None:  # first seen in this run, not created by it: adopted
+            track = self._tracks[name] = Track()
+            track.adopt(workload)
+        loop = asyncio.get_running_loop()
+        status, recheck = summarize(workload, self._cache.pods_of(name), track, now=loop.time(),
+                                    options=self.options, endpoint=self._endpoint(name, workload))
+        self._statuses[name] = status
+        if recheck is not None:
+            self._timers[name] = loop.call_at(recheck, self._refresh, name)
+        key = status_key(status)
+        if key != track.last_key:
+            track.last_key = key
+            self._publish(rid, status)
+
+    def _publish(self, resource_id: str, status: ResourceStatus) -> None:
+        for queue in list(self._subscribers):
+            queue.put_nowait((resource_id, status))
+
+    async def _stream(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+
+def _crash_looping(pod: Mapping[str, Any]) -> bool:
+    """Its current container has not started (back-off): the interesting lines are the last run's."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if int(cs.get("restartCount") or 0) > 0 and not (cs.get("state") or {}).get("running"):
+            return True
+    return False

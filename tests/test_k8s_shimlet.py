@@ -1,0 +1,395 @@
+"""The k8s shimlet against the simulated cluster (tests/k8s_sim), through the real lightkube client over HTTP.
+
+This module holds the shared helpers (the other ``test_k8s_shimlet_*`` modules
+import them), the shimlet contract suite, and the lifecycle tests: a GPU
+deploy, StatefulSets, idempotent and changed creates, re-adoption after a
+restart, scale, delete, logs, the service proxy and the "status never calls
+the API" promise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modserv_shim.errors import NotFound
+from modserv_shim.plugins import (
+    DeployContext,
+    LaunchSpec,
+    PluginContext,
+    ResourcePhase,
+    ResourceStatus,
+    launch_target,
+    shimlet_capabilities,
+)
+from modserv_shim.runtimes import LaunchParams, LlamaCppRuntime, VllmRuntime
+from modserv_shim.shimlets.k8s import K8sShimlet
+from modserv_shim.shimlets.k8s.naming import INSTANCE, workload_name
+from modserv_shim.spec import DeploySpec
+from tests.contract.shimlet_contract import ContextFactory, ShimletContract, phase_is, wait_for_status
+from tests.k8s_sim import NodeSpec, Sim, run_sim
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+NODES = [
+    NodeSpec("cpu-1", cpu="16", memory="64Gi"),
+    NodeSpec("h20-1", cpu="32", memory="256Gi", gpus=2, gpu_product="NVIDIA-H20", gpu_memory_mib=97871,
+             taints=(GPU_TAINT,)),
+]
+# Short back-offs: the simulator's faults clear in tens of milliseconds.
+FAST: dict[str, Any] = {"trust_env": False, "api_backoff": 0.02, "api_backoff_max": 0.2, "sync_timeout": 10.0,
+                        "delete_wait": 5.0}
+
+
+# -- shared helpers ------------------------------------------------------------------------------------------------
+
+
+def tiny_launch(name: str = "tiny", model: str = "/models/tiny.gguf") -> LaunchSpec:
+    return LlamaCppRuntime().render(LaunchParams(name, model, context_length=2048), target="container")
+
+
+def llama3_launch() -> LaunchSpec:
+    params = LaunchParams("llama-3-8b", "/models/llama-3-8b", accelerator_count=1, context_length=8192,
+                          gpu_memory_utilization=0.9, startup_timeout=1080)
+    return VllmRuntime().render(params, target="container")
+
+
+def context(service_id: str, replicas: int = 1, *, launch: LaunchSpec | None = None, **spec: Any) -> DeployContext:
+    """A deploy context as the opensourcellm pipeline builds it (same labels)."""
+    launch = launch or tiny_launch()
+    fields: dict[str, Any] = {"modelName": launch.served_model_name, "modelFile": launch.model_path,
+                              "replicaCount": max(replicas, 1), **spec}
+    deploy = DeploySpec(**fields)
+    return DeployContext(service_id=service_id, spec=deploy, launch=launch, replicas=replicas,
+                         labels={"modserv-shim/service-id": service_id, "modserv-shim/model": deploy.modelName})
+
+
+def llama3_context(service_id: str, **requirements: Any) -> DeployContext:
+    rr = {"acceleratorType": "NVIDIA H20", "acceleratorCount": 1, "cpu": "4", "memory": "16Gi", **requirements}
+    return context(service_id, launch=llama3_launch(), resourceRequirements=rr)
+
+
+def options_for(sim: Sim, tmp_path: Path, **options: Any) -> dict[str, Any]:
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    return {"kubeconfig": str(kubeconfig), **FAST, **options}
+
+
+@asynccontextmanager
+async def shimlet_on(sim: Sim, tmp_path: Path, **options: Any) -> AsyncIterator[K8sShimlet]:
+    """A started shimlet on ``sim``; closed (workloads left running) on exit."""
+    shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options_for(sim, tmp_path, **options)))
+    await shimlet.start()
+    try:
+        yield shimlet
+    finally:
+        await shimlet.close()
+
+
+async def wait_phase(shimlet: K8sShimlet, rid: str, phase: ResourcePhase, timeout: float = 5.0,
+                     **fields: Any) -> ResourceStatus:
+    return await wait_for_status(shimlet, rid, phase_is(phase, **fields), timeout=timeout, interval=0.01,
+                                 what=f"{phase} {fields or ''}")
+
+
+def pods_of(sim: Sim, rid: str) -> list[dict[str, Any]]:
+    return sim.list("Pod", "default", f"{INSTANCE}={workload_name(rid)}")
+
+
+class _OpenAIBackend(BaseHTTPRequestHandler):
+    """Stands in for the model server behind the service proxy: /v1/models and a one-token completion."""
+
+    model = "tiny"
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        if self.path == "/v1/completions":
+            self._send(200, {"object": "text_completion", "model": body.get("model"),
+                             "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def openai_backend() -> Iterator[str]:
+    """A tiny OpenAI-shaped HTTP server on a free port (the target of ``Sim.set_service_backend``)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIBackend)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    with run_sim(nodes=NODES) as running:
+        yield running
+
+
+@pytest.fixture
+async def shimlet(sim: Sim, tmp_path: Path) -> AsyncIterator[K8sShimlet]:
+    async with shimlet_on(sim, tmp_path) as running:
+        yield running
+
+
+# -- the contract every shimlet keeps -------------------------------------------------------------------------------
+
+
+class TestK8sShimletContract(ShimletContract):
+    ready_timeout = 10.0
+
+    @pytest.fixture
+    async def shimlet(self, sim: Sim, tmp_path: Path) -> AsyncIterator[K8sShimlet]:
+        async with shimlet_on(sim, tmp_path) as running:
+            yield running
+
+    @pytest.fixture
+    def make_context(self) -> ContextFactory:
+        return lambda service_id, replicas: context(service_id, replicas)
+
+
+def test_plugin_surface(tmp_path: Path) -> None:
+    shimlet = K8sShimlet(PluginContext("k8s", tmp_path, {}))
+    assert shimlet.name == "k8s"
+    assert launch_target(shimlet) == "container"
+    assert set(shimlet_capabilities(shimlet)) == {"scale", "logs", "watch", "render", "inspect-model", "probe"}
+
+
+# -- lifecycle on the simulated cluster -----------------------------------------------------------------------------
+
+
+async def test_llama3_8b_on_an_h20_node_becomes_ready(sim: Sim, shimlet: K8sShimlet) -> None:
+    ctx = llama3_context("llama-3-8b-123e4567-e89b-12d3-a456-426614174000")
+    rid = await shimlet.create(ctx)
+    status = await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=1, desired_replicas=1)
+    assert status.endpoint == "http://llama-3-8b-123e4567-e89b-12d3-a456-426614174000.default.svc.cluster.local:8000"
+
+    dep = sim.get("Deployment", workload_name(rid))
+    assert dep is not None
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    pod_spec = dep["spec"]["template"]["spec"]
+    assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H20"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec["tolerations"]
+    container = pod_spec["containers"][0]
+    assert container["image"] == "vllm/vllm-openai:v0.8.5"
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert container["args"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
+    assert "--tensor-parallel-size" in container["args"]
+    assert container["startupProbe"]["httpGet"] == {"path": "/v1/models", "port": "http", "scheme": "HTTP"}
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 1080
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert {"name": "model", "mountPath": "/models/llama-3-8b", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
+    assert not any(v["name"] == "dshm" for v in pod_spec["volumes"])  # one GPU: no tensor-parallel shm
+    assert dep["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modserv-shim"
+    assert dep["metadata"]["annotations"]["modserv-shim/service-id"] == rid
+
+    (pod,) = pods_of(sim, rid)
+    assert pod["spec"]["nodeName"] == "h20-1"
+    svc = sim.get("Service", workload_name(rid))
+    assert svc is not None and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    # dryRun shows exactly what was applied.
+    rendered = shimlet.render(ctx)["objects"]
+    assert [o["kind"] for o in rendered] == ["Service", "Deployment"]
+    assert rendered[1]["spec"]["template"]["spec"]["containers"][0]["args"] == container["args"]
+
+
+async def test_tensor_parallel_gets_two_gpus_and_shared_memory(sim: Sim, shimlet: K8sShimlet) -> None:
+    rid = await shimlet.create(llama3_context("llama-tp2", acceleratorCount=2))
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    pod_spec = sim.get("Deployment", "llama-tp2")["spec"]["template"]["spec"]  # type: ignore[index]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod_spec["volumes"]
+    assert pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+async def test_statefulset_workload(sim: Sim, shimlet: K8sShimlet) -> None:
+    rid = await shimlet.create(context("tiny-sts", 2, workloadType="StatefulSet"))
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=2)
+    assert sim.get("Deployment", "tiny-sts") is None
+    sts = sim.get("StatefulSet", "tiny-sts")
+    assert sts is not None and sts["spec"]["serviceName"] == "tiny-sts"
+    assert sorted(p["metadata"]["name"] for p in pods_of(sim, rid)) == ["tiny-sts-0", "tiny-sts-1"]
+    await shimlet.scale(rid, 1)
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=1, desired_replicas=1)
+    await shimlet.delete(rid)
+    assert sim.get("StatefulSet", "tiny-sts") is None and not pods_of(sim, rid)
+
+
+async def test_repeated_create_is_a_noop_and_a_changed_spec_is_an_update(sim: Sim, shimlet: K8sShimlet) -> None:
+    ctx = context("tiny-update")
+    rid = await shimlet.create(ctx)
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    before = sim.get("Deployment", "tiny-update")
+    assert before is not None and before["metadata"]["generation"] == 1
+    assert await shimlet.create(ctx) == rid
+    same = sim.get("Deployment", "tiny-update")
+    assert same is not None and same["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    old_pods = {p["metadata"]["name"] for p in pods_of(sim, rid)}
+
+    changed = context("tiny-update", launch=tiny_launch(), env={"LLAMA_ARG_THREADS": "4"})
+    changed = DeployContext(changed.service_id, changed.spec,
+                            LaunchSpec.from_dict({**ctx.launch.to_dict(), "env": {"LLAMA_ARG_THREADS": "4"}}),
+                            1, changed.labels)
+    await shimlet.create(changed)
+    after = sim.get("Deployment", "tiny-update")
+    assert after is not None and after["metadata"]["generation"] == 2
+    status = await wait_phase(shimlet, rid, ResourcePhase.READY)
+    assert {p["name"] for p in status.detail["pods"]}.isdisjoint(old_pods)
+
+
+async def test_switching_the_workload_type_replaces_the_workload(sim: Sim, shimlet: K8sShimlet) -> None:
+    rid = await shimlet.create(context("tiny-switch"))
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    await shimlet.create(context("tiny-switch", workloadType="StatefulSet"))
+    assert sim.get("Deployment", "tiny-switch") is None
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    status = await shimlet.status(rid)
+    assert status.detail["kind"] == "StatefulSet"
+
+
+async def test_restart_adopts_existing_workloads_without_touching_them(sim: Sim, tmp_path: Path) -> None:
+    ctx = llama3_context("llama-adopt")
+    async with shimlet_on(sim, tmp_path) as first:
+        rid = await first.create(ctx)
+        await wait_phase(first, rid, ResourcePhase.READY)
+    before = sim.get("Deployment", "llama-adopt")
+    assert before is not None
+    pods = {p["metadata"]["uid"] for p in pods_of(sim, rid)}
+
+    t0 = time.monotonic()
+    async with shimlet_on(sim, tmp_path) as second:
+        status = await second.status(rid)  # known at once: start() listed what exists
+        assert (status.phase, status.ready_replicas) == (ResourcePhase.READY, 1)
+        assert second.resource_ids() == [rid]
+        assert await second.create(ctx) == rid
+        after = sim.get("Deployment", "llama-adopt")
+        assert after is not None
+        assert after["metadata"]["generation"] == before["metadata"]["generation"] == 1
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert {p["metadata"]["uid"] for p in pods_of(sim, rid)} == pods
+        writes = [r for r in sim.requests if r.monotonic >= t0 and r.method not in ("GET",)]
+        assert {(r.method, r.status) for r in writes} == {("PATCH", 200)}  # two no-op applies, nothing created
+        await second.delete(rid)
+
+
+async def test_scale_goes_through_the_scale_subresource(sim: Sim, shimlet: K8sShimlet) -> None:
+    rid = await shimlet.create(context("tiny-scale"))
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    t0 = time.monotonic()
+    await shimlet.scale(rid, 3)
+    assert sim.request_count(method="PATCH", path_contains="/deployments/tiny-scale/scale", since=t0) == 1
+    assert sim.request_count(method="PUT", since=t0) == 0
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=3, desired_replicas=3)
+    assert len(pods_of(sim, rid)) == 3
+    await shimlet.scale(rid, 0)
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=0, desired_replicas=0)
+    with pytest.raises(NotFound):
+        await shimlet.scale("never-created", 1)
+
+
+async def test_delete_removes_workload_service_and_pods(sim: Sim, shimlet: K8sShimlet) -> None:
+    long_id = "a-model-name-that-is-long-enough-to-need-hashing-" + "0123456789abcdef" * 3
+    rid = await shimlet.create(context(long_id, 2))
+    name = workload_name(long_id)
+    assert len(name) <= 52 and name != long_id
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=2)
+    assert sim.get("Service", name) is not None
+    await shimlet.delete(rid)
+    assert sim.get("Deployment", name) is None
+    assert sim.get("Service", name) is None
+    assert not pods_of(sim, rid)  # delete waits for the pods
+    assert not sim.list("ReplicaSet", "default", f"{INSTANCE}={name}")
+    assert (await shimlet.status(rid)).phase is ResourcePhase.NOT_FOUND
+    await shimlet.delete(rid)  # idempotent
+
+
+async def test_logs_of_every_pod(sim: Sim, shimlet: K8sShimlet) -> None:
+    sim.set_pod_logs("INFO loading model\nINFO listening on 0.0.0.0:8080\n", selector=f"{INSTANCE}=tiny-logs")
+    rid = await shimlet.create(context("tiny-logs", 2))
+    await wait_phase(shimlet, rid, ResourcePhase.READY, ready_replicas=2)
+    lines = await shimlet.logs(rid, tail=1)
+    assert len(lines) == 2
+    assert all(line.startswith("[tiny-logs-") and line.endswith("] INFO listening on 0.0.0.0:8080")
+               for line in lines)
+    everything = await shimlet.logs(rid)
+    assert sum("INFO loading model" in line for line in everything) == 2
+
+
+async def test_requests_reach_the_service_through_the_api_server_proxy(sim: Sim, shimlet: K8sShimlet) -> None:
+    rid = await shimlet.create(context("tiny-proxy"))
+    await wait_phase(shimlet, rid, ResourcePhase.READY)
+    with openai_backend() as url:
+        sim.set_service_backend("default", "tiny-proxy", url)
+        code, body = await shimlet.request(rid, "GET", "/v1/models")
+        assert code == 200 and body["data"][0]["id"] == "tiny"
+        code, body = await shimlet.request(rid, "POST", "/v1/completions",
+                                           {"model": "tiny", "prompt": "Hello", "max_tokens": 1})
+        assert code == 200 and body["choices"][0]["text"] == " world"
+    assert sim.request_count(path_contains="/services/tiny-proxy:http/proxy/v1/models") == 1
+
+
+async def test_status_and_watch_cost_no_api_requests(sim: Sim, shimlet: K8sShimlet) -> None:
+    rids = [await shimlet.create(context(f"tiny-quiet-{i}")) for i in range(5)]
+    for rid in rids:
+        await wait_phase(shimlet, rid, ResourcePhase.READY)
+    t0 = time.monotonic()
+    for _ in range(200):
+        for rid in rids:
+            assert (await shimlet.status(rid)).phase is ResourcePhase.READY
+    assert sim.request_count(since=t0) == 0
+    watches = sim.open_watches()
+    assert sorted(w["kind"] or "" for w in watches) == ["Deployment", "Pod", "StatefulSet"]
+    assert {w["labelSelector"] for w in watches} == {"app.kubernetes.io/managed-by=modserv-shim"}
+
+
+async def test_replicas_zero_and_validation(shimlet: K8sShimlet) -> None:
+    from modserv_shim.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        await shimlet.create(context("tiny-neg", -1))
+    with pytest.raises(ValidationFailed):
+        await shimlet.scale("tiny-neg", -1)
+    rid = await shimlet.create(context("tiny-zero", 0))
+    status = await wait_phase(shimlet, rid, ResourcePhase.READY, desired_replicas=0)
+    assert status.ready_replicas == 0
+
+
+def test_startup_probe_covers_the_startup_timeout(tmp_path: Path) -> None:
+    shimlet = K8sShimlet(PluginContext("k8s", tmp_path, {"namespace": "models"}))
+    launch = LaunchSpec.from_dict({**tiny_launch().to_dict(), "startup_timeout": 3601.0})
+    rendered = shimlet.render(context("tiny", launch=launch))
+    probe = rendered["objects"][1]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["failureThreshold"] == math.ceil(3601 / probe["periodSeconds"])
+    assert rendered["namespace"] == "models"
+    assert rendered["objects"][1]["spec"]["progressDeadlineSeconds"] >= 3601
