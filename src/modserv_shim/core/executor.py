@@ -297,10 +297,10 @@ class Executor:
                           params={"timeout": step.timeout, "retry": asdict(policy)})
             t0 = time.monotonic()
             error: BaseException | None = None
-            # The attempt is recorded even when a delete cancels us during the insert.
+            # The attempt's record is written while the step already runs (it is awaited before
+            # the outcome is written), and it is written even when a delete cancels the step.
             recorded = asyncio.ensure_future(self.recorder.add_step_run(run))
             try:
-                await asyncio.shield(recorded)
                 log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
                          operator=operator, timeout=step.timeout)
                 async with asyncio.timeout(step.timeout) as cm:
@@ -310,7 +310,7 @@ class Executor:
                 await asyncio.wait([recorded])
                 if run.id is not None:
                     await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
-                                       "cancelled: the service was deleted")
+                                       "cancelled: the service was deleted", recorded)
                 raise
             except TimeoutError as exc:
                 error = exc
@@ -323,11 +323,11 @@ class Executor:
                 rec.outputs.update(ctx.new_outputs)
                 rec.current_step += 1
                 progress = {"current_step": rec.current_step, "outputs": rec.outputs, "resource_id": rec.resource_id}
-                await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None, progress)
+                await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None, recorded, progress)
                 return
             status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
             reason = describe_error(error)
-            await self._finish(pipeline, run, ctx, t0, status, reason)
+            await self._finish(pipeline, run, ctx, t0, status, reason, recorded)
             permanent = is_permanent(step, error)
             if permanent or attempt == policy.attempts:
                 tried = f" (after {attempt} attempts)" if attempt > 1 else ""
@@ -346,6 +346,7 @@ class Executor:
         t0: float,
         status: str,
         error: str | None,
+        recorded: asyncio.Future[int],
         progress: Mapping[str, Any] | None = None,
     ) -> None:
         elapsed = time.monotonic() - t0
@@ -354,12 +355,15 @@ class Executor:
         run.finished_at = time.time()
         run.duration_ms = round(elapsed * 1000, 3)
         run.params.update(ctx.params)
-        await asyncio.shield(self._persist_finish(run, ctx, progress))
+        await asyncio.shield(self._persist_finish(run, ctx, progress, recorded))
         self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
         log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,
                  outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=run.params,
                  error=error)
 
-    async def _persist_finish(self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None) -> None:
+    async def _persist_finish(
+        self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None, recorded: asyncio.Future[int]
+    ) -> None:
+        await recorded
         logs = await ctx.drain_logs()
         await self.recorder.finish_step_run(run, logs, progress)

@@ -184,8 +184,8 @@ class ServiceManager:
         await self.store.insert_service(rec)  # accepted == durable: kill -9 after this loses nothing
         self._live[rec.id] = rec
         self.metrics.transitions.labels(from_state="", to_state=rec.state.value).inc()
+        self.metrics.services.labels(state=rec.state.value).inc()
         self.metrics.replicas_desired.labels(service=rec.id).set(rec.replicas_desired)
-        await self._refresh_state_gauge()
         log.info("deploy accepted", service_id=rec.id, operator=operator, shimlet=shimlet_name,
                  pipeline=pipeline_name, params=rec.spec)
         self._start_pipeline(rec, operator)

@@ -137,6 +137,8 @@ def unschedulable_text(pod: Obj, message: str, gpu_resource: str) -> str:
         hints.append("nodes carry taints the pod does not tolerate")
     if "were unschedulable" in core:
         hints.append("nodes are cordoned")
+    if "Too many pods" in core:
+        hints.append("nodes hold as many pods as they may")
     lead = "; ".join(hints) if hints else "no node can run the pod"
     return f"cannot be scheduled: {lead} (the scheduler says: {core or 'no reason given'})"
 
