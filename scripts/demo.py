@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 ROOT = Path(__file__).resolve().parent.parent
 
 
