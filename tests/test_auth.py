@@ -69,3 +69,16 @@ async def test_secrets_are_masked_in_api_output(start_server) -> None:  # type: 
     assert svc["spec"]["env"] == {"HF_TOKEN": "***", "LOG_LEVEL": "***"}
     text = (await live.client.get(f"/api/v1/modserv/{sid}/pipeline/logs")).text
     assert "hf_supersecretvalue" not in text
+
+
+def test_redaction_of_nested_env_lists_and_secret_flags() -> None:
+    from modserv_shim.spec import redact
+
+    manifest = {"containers": [{"env": [{"name": "HF_TOKEN", "value": "hf_x"}, {"name": "A", "valueFrom": {}}],
+                                "args": ["--model", "/m", "--api-key", "sk-123", "--hf-token=hf_y", "--port", "80"]}]}
+    out = redact(manifest)
+    c = out["containers"][0]
+    assert c["env"] == [{"name": "HF_TOKEN", "value": "***"}, {"name": "A", "valueFrom": {}}]
+    assert c["args"] == ["--model", "/m", "--api-key", "***", "--hf-token=***", "--port", "80"]
+    assert redact({"database_url_password": "x", "note": "token in text stays"}) == {
+        "database_url_password": "***", "note": "token in text stays"}

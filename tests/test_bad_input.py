@@ -40,6 +40,8 @@ CASES = [
     (with_(shimlet="nope"), 422, 1001, "no shimlet named 'nope'; available: fake, local"),
     (with_(pipeline="nope"), 422, 1001, "no pipeline named 'nope'"),
     (with_(env={"1BAD": "x"}), 422, 1001, "not a valid variable name"),
+    (with_(env={"LD_PRELOAD": "/tmp/evil.so"}), 422, 1001, "env must not set LD_PRELOAD"),
+    (with_(env={"PYTHONPATH": "/tmp"}), 422, 1001, "would let a deploy run arbitrary code"),
     (with_(runtime="tgi"), 422, 1001, "runtime"),
     ([1, 2], 422, 1001, "invalid request"),
 ]

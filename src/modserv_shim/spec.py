@@ -23,6 +23,9 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
 RUNTIMES = ("auto", "llama.cpp", "vllm", "sglang")
+# Variables that make a process load code chosen by whoever sets them (besides LD_*).
+HOST_CODE_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
+                           "BASH_ENV", "ENV", "PERL5OPT", "NODE_OPTIONS"})
 
 
 def memory_bytes(quantity: str) -> int:
@@ -191,6 +194,10 @@ class DeploySpec(_Strict):
         for k, val in v.items():
             if not ENV_NAME_RE.match(k):
                 raise ValueError(f"env name {k!r} is not a valid variable name")
+            if k in HOST_CODE_ENV or k.startswith("LD_"):
+                raise ValueError(
+                    f"env must not set {k}: it would let a deploy run arbitrary code in the model server's host"
+                )
             if "\x00" in val:
                 raise ValueError(f"env value of {k} must not contain NUL")
         return v
@@ -201,18 +208,38 @@ class DeploySpec(_Strict):
 
 
 _SECRET_KEY_RE = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|authorization)", re.I)
+_SECRET_FLAG_RE = re.compile(r"^--?[\w-]*(token|secret|password|passwd|api[_-]?key|credential)[\w-]*$", re.I)
+MASK = "***"
 
 
 def redact(value: Any, *, _under_env: bool = False) -> Any:
-    """A copy with secret-looking values masked: every ``env`` value and keys like ``*token*``."""
+    """A copy with secret-looking values masked.
+
+    Masked: every value of an ``env`` mapping, the ``value`` of ``{name, value}`` items in
+    an ``env`` list (Kubernetes containers), values under keys like ``*token*`` or
+    ``*password*``, and the argument after a flag like ``--api-key`` in a list of strings.
+    """
     if isinstance(value, dict):
+        if _under_env and "name" in value:  # an item of a Kubernetes env list
+            return {**value, "value": MASK} if "value" in value else value
         out: dict[Any, Any] = {}
         for k, v in value.items():
-            if _under_env or (isinstance(k, str) and _SECRET_KEY_RE.search(k) and isinstance(v, str | bytes)):
-                out[k] = "***" if v not in (None, "") else v
+            if _under_env and not isinstance(v, dict | list):
+                out[k] = MASK if v not in (None, "") else v
+            elif isinstance(k, str) and _SECRET_KEY_RE.search(k) and isinstance(v, str | bytes):
+                out[k] = MASK if v else v
             else:
                 out[k] = redact(v, _under_env=k == "env")
         return out
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        items = [redact(v, _under_env=_under_env) for v in value]
+        for i in range(1, len(items)):
+            prev = items[i - 1]
+            if isinstance(prev, str) and isinstance(items[i], str) and _SECRET_FLAG_RE.match(prev):
+                items[i] = MASK
+        return [
+            (f"{v.split('=', 1)[0]}={MASK}" if isinstance(v, str) and "=" in v
+             and _SECRET_FLAG_RE.match(v.split("=", 1)[0]) else v)
+            for v in items
+        ]
     return value

@@ -29,8 +29,8 @@ from modserv_shim.core.clock import Clock
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import RunStatus, ServiceRecord, StepLog, StepRun
 from modserv_shim.errors import ClientError, PermanentStepError, StepError, StepTimeout
-from modserv_shim.plugins import Phase, Pipeline, Shimlet, StepSpec
-from modserv_shim.spec import DeploySpec
+from modserv_shim.plugins import PHASE_ORDER, Phase, Pipeline, RetryPolicy, Shimlet, StepSpec
+from modserv_shim.spec import DeploySpec, redact
 
 log = structlog.get_logger("modserv_shim.executor")
 
@@ -263,6 +263,7 @@ class Executor:
         enter_phase: Callable[[Phase], Awaitable[None]],
         fixed_timeouts: frozenset[str] = frozenset(),
         stop_before: Phase | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
         """Run ``steps`` from ``rec.current_step`` to the end (or to ``stop_before``).
 
@@ -272,8 +273,10 @@ class Executor:
         spec = DeploySpec.model_validate(rec.spec)
         while rec.current_step < len(steps):
             step = steps[rec.current_step]
-            if stop_before is not None and step.phase == stop_before:
+            if stop_before is not None and PHASE_ORDER.index(step.phase) >= PHASE_ORDER.index(stop_before):
                 return
+            if not keep_going():  # the service is being deleted: no further step may start
+                raise asyncio.CancelledError
             await enter_phase(step.phase)
             await self._run_step(rec, pipeline, step, spec, shimlet, operator, stop_before is not None,
                                  step.name in fixed_timeouts)
@@ -306,7 +309,18 @@ class Executor:
                 async with asyncio.timeout(step.timeout) as cm:
                     ctx.timeout_cm = cm
                     await pipeline.run_step(step, ctx)
-            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the step swallowed our cancellation
+                    raise asyncio.CancelledError
+                if cm.expired():  # the step swallowed its own timeout
+                    raise TimeoutError
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or not task.cancelling():
+                    # not a delete: something inside the step was cancelled; that is a failure of the step
+                    error = StepError(f"step {step.name} was cancelled from inside ({exc or 'no message'})")
+                    await self._record_failure(pipeline, step, run, ctx, t0, recorded, attempt, policy, error)
+                    continue
                 await asyncio.wait([recorded])
                 if run.id is not None:
                     await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
@@ -325,18 +339,32 @@ class Executor:
                 progress = {"current_step": rec.current_step, "outputs": rec.outputs, "resource_id": rec.resource_id}
                 await self._finish(pipeline, run, ctx, t0, RunStatus.SUCCEEDED, None, recorded, progress)
                 return
-            status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
-            reason = describe_error(error)
-            await self._finish(pipeline, run, ctx, t0, status, reason, recorded)
-            permanent = is_permanent(step, error)
-            if permanent or attempt == policy.attempts:
-                tried = f" (after {attempt} attempts)" if attempt > 1 else ""
-                raise StepFailed(step.name, f"{step.name} failed{tried}: {reason}", attempt) from error
-            delay = policy.delay(attempt)
-            self.metrics.step_retries.labels(pipeline=pipeline.name, step=step.name).inc()
-            note = f"attempt {attempt} failed: {reason}; retrying in {delay:g} s"
-            await self.recorder.add_step_logs([StepLog(rec.id, step.name, attempt, time.time(), "warning", note)])
-            await self.clock.sleep(delay)
+            await self._record_failure(pipeline, step, run, ctx, t0, recorded, attempt, policy, error)
+
+    async def _record_failure(
+        self,
+        pipeline: Pipeline,
+        step: StepSpec,
+        run: StepRun,
+        ctx: _Context,
+        t0: float,
+        recorded: asyncio.Future[int],
+        attempt: int,
+        policy: RetryPolicy,
+        error: BaseException,
+    ) -> None:
+        """Write the failed attempt; raise StepFailed when it was the last, else wait the backoff."""
+        status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
+        reason = describe_error(error)
+        await self._finish(pipeline, run, ctx, t0, status, reason, recorded)
+        if is_permanent(step, error) or attempt == policy.attempts:
+            tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+            raise StepFailed(step.name, f"{step.name} failed{tried}: {reason}", attempt) from error
+        delay = policy.delay(attempt)
+        self.metrics.step_retries.labels(pipeline=pipeline.name, step=step.name).inc()
+        note = f"attempt {attempt} failed: {reason}; retrying in {delay:g} s"
+        await self.recorder.add_step_logs([StepLog(run.service_id, step.name, attempt, time.time(), "warning", note)])
+        await self.clock.sleep(delay)
 
     async def _finish(
         self,
@@ -358,7 +386,7 @@ class Executor:
         await asyncio.shield(self._persist_finish(run, ctx, progress, recorded))
         self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
         log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,
-                 outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=run.params,
+                 outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=redact(run.params),
                  error=error)
 
     async def _persist_finish(

@@ -25,7 +25,7 @@ import structlog
 
 from modserv_shim.core.clock import Clock, SystemClock
 from modserv_shim.core.executor import Executor, MemoryRecorder, StepFailed, StepOverride, apply_overrides
-from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State, check_transition
+from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State, can_transition, check_transition
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import Event, PluginRecord, ServiceRecord, StepLog, StepRun, now
 from modserv_shim.core.registry import Kind, Registry
@@ -48,11 +48,13 @@ from modserv_shim.plugins import (
     StepSpec,
     Watchable,
 )
-from modserv_shim.spec import DeploySpec
+from modserv_shim.spec import DeploySpec, redact
 
 log = structlog.get_logger("modserv_shim.manager")
 
 SYSTEM = "system"
+WATCH_SAFETY_POLLS = 10  # watched services are polled too, every 10th round
+PIPELINE_CANCEL_WAIT = 10.0  # a delete waits this long for a cancelled step to stop
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ class ServiceManager:
             self._live[rec.id] = rec
             try:
                 await self._resume(rec)
-            except ShimError as exc:
-                await self._fail(rec, f"cannot resume after restart: {exc}")
+            except Exception as exc:  # one service must not keep the server from starting
+                log.warning("cannot read the status of a service after restart; the poller keeps trying",
+                            service_id=rec.id, state=rec.state.value, error=f"{type(exc).__name__}: {exc}")
         await self._refresh_state_gauge()
         self._poller = asyncio.create_task(self._poll_loop(), name="status-poller")
 
@@ -124,6 +127,8 @@ class ServiceManager:
             self._start_pipeline(rec, SYSTEM)
         elif rec.state is State.TERMINATING:
             self._terminations[rec.id] = asyncio.create_task(self._terminate(rec, SYSTEM))
+        elif rec.resource_id is not None and rec.state is State.FAILED and rec.current_step < len(rec.total_steps):
+            return  # failed inside its pipeline: waits for a retry
         elif rec.resource_id is not None:
             shimlet = await self.registry.shimlet(rec.shimlet)
             await self._ensure_watch(rec.shimlet, shimlet)
@@ -187,7 +192,7 @@ class ServiceManager:
         self.metrics.services.labels(state=rec.state.value).inc()
         self.metrics.replicas_desired.labels(service=rec.id).set(rec.replicas_desired)
         log.info("deploy accepted", service_id=rec.id, operator=operator, shimlet=shimlet_name,
-                 pipeline=pipeline_name, params=rec.spec)
+                 pipeline=pipeline_name, params=redact(rec.spec))
         self._start_pipeline(rec, operator)
         return rec
 
@@ -211,13 +216,15 @@ class ServiceManager:
                                fixed_timeouts=self._fixed(pipeline_name), stop_before=Phase.DEPLOYING)
         except StepFailed as exc:
             raise ValidationFailed(f"dry run failed: {exc.reason}",
-                                   details={"step": exc.step, "steps": [vars(r) for r in recorder.runs]}) from None
+                                   details=redact({"step": exc.step, "steps": [vars(r) for r in recorder.runs]})) from None
         return DryRunResult(rec.id, rec.total_steps, recorder.runs, recorder.logs, rec.outputs)
 
     def _fixed(self, pipeline_name: str) -> frozenset[str]:
         return frozenset(n for n, o in self.config.step_overrides.get(pipeline_name, {}).items() if o.timeout)
 
     def _start_pipeline(self, rec: ServiceRecord, operator: str) -> None:
+        if rec.id in self._pipelines:  # one pipeline per service, ever
+            raise StateConflict(f"the pipeline of {rec.id} is already running")
         task = asyncio.create_task(self._run_pipeline(rec, operator), name=f"pipeline-{rec.id}")
         self._pipelines[rec.id] = task
         task.add_done_callback(lambda _t: self._pipelines.pop(rec.id, None)
@@ -237,9 +244,12 @@ class ServiceManager:
             if rec.state.value != phase.value:
                 await self._transition(rec, State(phase.value), operator=operator)
 
+        def keep_going() -> bool:
+            return rec.state not in (State.TERMINATING, State.TERMINATED)
+
         try:
             await self.executor.run(rec, pipeline, steps, shimlet, operator=operator, enter_phase=enter_phase,
-                                    fixed_timeouts=self._fixed(rec.pipeline))
+                                    fixed_timeouts=self._fixed(rec.pipeline), keep_going=keep_going)
         except StepFailed as exc:
             await self._fail(rec, exc.reason, operator=operator)
             self.metrics.deployments.labels(result="failed").inc()
@@ -252,17 +262,25 @@ class ServiceManager:
             log.exception("pipeline crashed", service_id=rec.id)
             await self._fail(rec, f"internal error in the pipeline: {type(exc).__name__}: {exc}", operator=operator)
             return
-        self._pipelines.pop(rec.id, None)
-        status = await shimlet.status(rec.resource_id) if rec.resource_id else None
-        if status is not None:  # endpoint and replicas are known when the state says running
-            await self._record_replicas(rec, status)
-        await self._transition(rec, State.RUNNING, operator=operator)
+        status: ResourceStatus | None = None
+        if rec.resource_id:
+            try:  # endpoint and replicas are known when the state says running
+                status = await shimlet.status(rec.resource_id)
+                await self._record_replicas(rec, status)
+            except Exception as exc:  # the watcher or the poller will tell
+                log.warning("status after the pipeline failed", service_id=rec.id, error=str(exc))
+        if not await self._transition(rec, State.RUNNING, operator=operator, background=True):
+            return  # deleted meanwhile
         self.metrics.deployments.labels(result="succeeded").inc()
         self.metrics.pipeline_duration.labels(pipeline=rec.pipeline, result="succeeded").observe(
             time.monotonic() - started)
-        if status is not None:
+        self._pipelines.pop(rec.id, None)
+        try:
             await self._ensure_watch(rec.shimlet, shimlet)
-            await self._apply_status(rec, status)
+            if status is not None:
+                await self._apply_status(rec, status)
+        except Exception as exc:
+            log.warning("status after the pipeline failed", service_id=rec.id, error=str(exc))
 
     # ------------------------------------------------------------ state change
 
@@ -270,19 +288,29 @@ class ServiceManager:
         return self._locks.setdefault(service_id, asyncio.Lock())
 
     async def _transition(
-        self, rec: ServiceRecord, new: State, reason: str | None = None, operator: str = SYSTEM
-    ) -> None:
-        """The one place a lifecycle state changes."""
-        async with self._lock(rec.id):
-            await self._transition_locked(rec, new, reason, operator)
+        self, rec: ServiceRecord, new: State, reason: str | None = None, operator: str = SYSTEM,
+        *, background: bool = False,
+    ) -> bool:
+        """The one place a lifecycle state changes; True when the service is now in ``new``.
 
-    async def _transition_locked(self, rec: ServiceRecord, new: State, reason: str | None, operator: str) -> None:
+        ``background`` is for observers (pipeline end, status watch) that may lose a race
+        with a user's delete: a transition the table forbids is then skipped, not an error.
+        """
+        async with self._lock(rec.id):
+            return await self._transition_locked(rec, new, reason, operator, background=background)
+
+    async def _transition_locked(
+        self, rec: ServiceRecord, new: State, reason: str | None, operator: str, *, background: bool = False
+    ) -> bool:
         old = rec.state
         if old is new:
             if reason != rec.reason:  # same state, new words (e.g. degraded for another cause)
                 rec.reason = reason
                 await self.store.update_service(rec.id, reason=reason)
-            return
+            return True
+        if background and not can_transition(old, new):
+            log.debug("transition skipped", service_id=rec.id, from_state=old.value, to_state=new.value)
+            return False
         check_transition(old, new)
         rec.state = new
         rec.reason = reason
@@ -297,11 +325,13 @@ class ServiceManager:
                  reason=reason, operator=operator)
         if new is State.TERMINATED:
             self._live.pop(rec.id, None)
+            for gauge in (self.metrics.replicas_ready, self.metrics.replicas_desired):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(rec.id)
+        return True
 
     async def _fail(self, rec: ServiceRecord, reason: str, operator: str = SYSTEM) -> None:
-        if rec.state in (State.TERMINATING, State.TERMINATED):
-            return
-        await self._transition(rec, State.FAILED, reason, operator)
+        await self._transition(rec, State.FAILED, reason, operator, background=True)
 
     async def _refresh_state_gauge(self) -> None:
         self.metrics.set_state_counts(await self.store.count_services(), [s.value for s in State])
@@ -314,15 +344,18 @@ class ServiceManager:
                                                                name=f"watch-{shimlet_name}")
 
     async def _watch_loop(self, shimlet_name: str, shimlet: Watchable) -> None:
-        """One stream per shimlet for all its services; reconnects after errors."""
+        """One stream per shimlet for all its services; on every (re)connect, read every status once
+        so that nothing that changed while the stream was down is missed."""
         delay = 0.5
         while not self._closing:
             try:
-                async for resource_id, status in shimlet.watch():
+                stream = shimlet.watch()
+                await self._resync(shimlet_name, shimlet)  # type: ignore[arg-type]
+                async for resource_id, status in stream:
                     delay = 0.5
                     for rec in list(self._live.values()):
                         if rec.shimlet == shimlet_name and rec.resource_id == resource_id:
-                            await self._apply_status(rec, status)
+                            await self._apply_status_safely(rec, status)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -330,17 +363,39 @@ class ServiceManager:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    async def _resync(self, shimlet_name: str, shimlet: Shimlet) -> None:
+        for rec in list(self._live.values()):
+            if rec.shimlet == shimlet_name and rec.resource_id:
+                try:
+                    await self._apply_status_safely(rec, await shimlet.status(rec.resource_id))
+                except Exception as exc:
+                    log.warning("status read failed", service_id=rec.id, error=str(exc))
+
+    async def _apply_status_safely(self, rec: ServiceRecord, st: ResourceStatus) -> None:
+        try:
+            await self._apply_status(rec, st)
+        except Exception:  # one service's trouble must not end the stream of all the others
+            log.exception("applying a status failed", service_id=rec.id)
+
     async def _poll_loop(self) -> None:
-        """Status of services whose shimlet cannot watch; cheap by contract (status never blocks)."""
+        """Status of services whose shimlet cannot watch; cheap by contract (status never blocks).
+
+        Services of watched shimlets are read too, every WATCH_SAFETY_POLLS rounds, as a safety net.
+        """
+        rounds = 0
         while True:
             await asyncio.sleep(self.config.poll_interval)
+            rounds += 1
             for rec in list(self._live.values()):
                 if rec.state not in (*SERVING_STATES, State.FAILED) or not rec.resource_id:
                     continue
-                if rec.id in self._pipelines or rec.shimlet in self._watchers:
+                if rec.id in self._pipelines:
+                    continue
+                if rec.shimlet in self._watchers and rounds % WATCH_SAFETY_POLLS:
                     continue
                 try:
                     shimlet = await self.registry.shimlet(rec.shimlet)
+                    await self._ensure_watch(rec.shimlet, shimlet)
                     await self._apply_status(rec, await shimlet.status(rec.resource_id))
                 except Exception as exc:
                     log.warning("status poll failed", service_id=rec.id, error=str(exc))
@@ -360,15 +415,15 @@ class ServiceManager:
             return  # failed inside its pipeline: only a retry moves it
         await self._record_replicas(rec, st)
         if st.phase is ResourcePhase.READY or (st.phase is ResourcePhase.PENDING and st.ready_replicas > 0):
-            await self._transition(rec, State.RUNNING)
+            await self._transition(rec, State.RUNNING, background=True)
         elif st.phase in (ResourcePhase.DEGRADED, ResourcePhase.PENDING):
-            await self._transition(rec, State.DEGRADED, st.reason or "no replica is ready")
+            await self._transition(rec, State.DEGRADED, st.reason or "no replica is ready", background=True)
         elif st.phase is ResourcePhase.FAILED:
-            await self._transition(rec, State.FAILED, st.reason or "the workload failed")
+            await self._transition(rec, State.FAILED, st.reason or "the workload failed", background=True)
         elif st.phase is ResourcePhase.NOT_FOUND and rec.state is not State.FAILED:
             await self._transition(rec, State.FAILED,
                                    f"the workload is gone from the {rec.shimlet} environment"
-                                   " (deleted outside modserv-shim?)")
+                                   " (deleted outside modserv-shim?)", background=True)
 
     # --------------------------------------------------------- user operations
 
@@ -379,18 +434,18 @@ class ServiceManager:
         the background and the service is returned as ``terminating``.
         """
         rec = await self.get(service_id)
-        if rec.state is State.TERMINATED:
-            return rec
-        task = self._terminations.get(rec.id)
-        if task is None:
-            pipeline = self._pipelines.pop(rec.id, None)
-            if pipeline is not None:
-                pipeline.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pipeline
-            await self._transition(rec, State.TERMINATING, operator=operator)
-            task = asyncio.create_task(self._terminate(rec, operator), name=f"terminate-{rec.id}")
-            self._terminations[rec.id] = task
+        async with self._lock(rec.id):  # one delete at a time; no transition slips in between
+            if rec.state is State.TERMINATED:
+                return rec
+            task = self._terminations.get(rec.id)
+            if task is None:
+                pipeline = self._pipelines.pop(rec.id, None)
+                if pipeline is not None:
+                    pipeline.cancel()
+                    await asyncio.wait([pipeline], timeout=PIPELINE_CANCEL_WAIT)
+                await self._transition_locked(rec, State.TERMINATING, None, operator)
+                task = asyncio.create_task(self._terminate(rec, operator), name=f"terminate-{rec.id}")
+                self._terminations[rec.id] = task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), self.config.delete_wait)
         return rec
@@ -422,17 +477,18 @@ class ServiceManager:
         if not 1 <= replicas <= 64:
             raise ValidationFailed("replicas must be between 1 and 64")
         rec = await self.get(service_id)
-        if rec.state not in SERVING_STATES:
-            raise StateConflict(f"only a running or degraded service can be scaled; {rec.id} is {rec.state.value}")
         shimlet = await self.registry.shimlet(rec.shimlet)
         if not isinstance(shimlet, Scalable):
             raise NotSupported(f"the {rec.shimlet} shimlet cannot scale services")
-        assert rec.resource_id is not None
-        await shimlet.scale(rec.resource_id, replicas)
-        async with self._lock(rec.id):
+        async with self._lock(rec.id):  # a delete cannot slip between the check and the scale
+            if rec.state not in SERVING_STATES or rec.resource_id is None:
+                raise StateConflict(
+                    f"only a running or degraded service can be scaled; {rec.id} is {rec.state.value}")
+            # desired count first: a crash after the shimlet call must not forget it
             rec.spec = {**rec.spec, "replicaCount": replicas}
             rec.replicas_desired = replicas
             await self.store.update_service(rec.id, spec=rec.spec, replicas_desired=replicas)
+            await shimlet.scale(rec.resource_id, replicas)
             await self.store.add_event(Event(rec.id, now(), rec.state.value, rec.state.value,
                                              f"scaled to {replicas} replicas", operator))
         self.metrics.replicas_desired.labels(service=rec.id).set(replicas)
@@ -442,17 +498,21 @@ class ServiceManager:
     async def retry(self, service_id: str, operator: str) -> ServiceRecord:
         """Run a failed service's pipeline again from the step that failed."""
         rec = await self.get(service_id)
-        if rec.state is not State.FAILED:
-            raise StateConflict(f"only a failed service can be retried; {rec.id} is {rec.state.value}")
-        if rec.id in self._pipelines:
-            raise StateConflict(f"the pipeline of {rec.id} is already running")
         steps = await self.steps_of(rec.pipeline)
-        if rec.current_step >= len(steps):  # failed after it was running: deploy and check again
-            rec.current_step = next((i for i, s in enumerate(steps) if s.phase is Phase.DEPLOYING), 0)
-            await self.store.update_service(rec.id, current_step=rec.current_step)
-        log.info("retry requested", service_id=rec.id, step=rec.current_step_name, operator=operator)
-        await self._transition(rec, State(steps[rec.current_step].phase.value), operator=operator)
-        self._start_pipeline(rec, operator)
+        async with self._lock(rec.id):  # two retries at once start one pipeline
+            if rec.state is not State.FAILED:
+                raise StateConflict(f"only a failed service can be retried; {rec.id} is {rec.state.value}")
+            if rec.id in self._pipelines:
+                raise StateConflict(f"the pipeline of {rec.id} is already running")
+            if [s.name for s in steps] != rec.total_steps:
+                raise StateConflict(f"the pipeline {rec.pipeline!r} has changed since {rec.id} was deployed"
+                                    f" ({' -> '.join(rec.total_steps)}); deploy it again instead")
+            if rec.current_step >= len(steps):  # failed after it was running: deploy and check again
+                rec.current_step = next((i for i, s in enumerate(steps) if s.phase is Phase.DEPLOYING), 0)
+                await self.store.update_service(rec.id, current_step=rec.current_step)
+            log.info("retry requested", service_id=rec.id, step=rec.current_step_name, operator=operator)
+            await self._transition_locked(rec, State(steps[rec.current_step].phase.value), None, operator)
+            self._start_pipeline(rec, operator)
         return rec
 
     async def logs(self, service_id: str, tail: int) -> list[str]:

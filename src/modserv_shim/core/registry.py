@@ -162,7 +162,10 @@ class Registry:
     def resolve_plugin_file(self, file: str) -> Path:
         root = self.config.plugin_dir.resolve()
         candidate = Path(file)
-        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        try:
+            path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        except (ValueError, OSError) as exc:
+            raise PluginLoadError(f"not a usable plugin file name: {file!r} ({exc})") from None
         if not path.is_relative_to(root):
             raise PluginLoadError(f"plugin files must be inside the plugin directory {root}; {file!r} is not")
         if path.suffix != ".py":

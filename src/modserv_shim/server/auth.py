@@ -70,8 +70,15 @@ class TokenTable:
             data = yaml.safe_load(file.read_text()) or {}
             for i, item in enumerate(data.get("tokens", [])):
                 where = f"{file}: tokens[{i}]"
+                if not isinstance(item, dict) or "name" not in item:
+                    raise ValidationFailed(f"{where}: each token needs a name, a role and a token")
+                if item.get("token") is not None and item.get("token_sha256") is not None:
+                    raise ValidationFailed(f"{where}: give token or token_sha256, not both")
+                secret = item.get("token")
+                digest = item.get("token_sha256")
                 table.add(str(item["name"]), _role(str(item.get("role", "viewer")), where),
-                          token=item.get("token"), token_sha256=item.get("token_sha256"))
+                          token=None if secret is None else str(secret),
+                          token_sha256=None if digest is None else str(digest))
         for i, part in enumerate(p for p in (env_value or "").split(",") if p.strip()):
             name, _, rest = part.strip().partition(":")
             role, _, token = rest.partition(":")

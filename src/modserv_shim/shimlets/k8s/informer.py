@@ -49,6 +49,7 @@ class Informer:
         self.lists = 0  # how often it listed (a test and the benchmark read it)
         self.resumes = 0  # how often a watch was re-opened after an error
         self._events = 0
+        self.last_error: str | None = None  # the latest failure, for messages such as start()'s
 
     async def run(self) -> None:
         failures = 0
@@ -68,6 +69,7 @@ class Informer:
                     continue
                 # A watch that worked for a while starts the back-off from scratch.
                 failures = 1 if self._events else failures + 1
+                self.last_error = f"{type(exc).__name__}: {message_of(exc)}"
                 delay = self._backoff.delay(failures, exc)
                 level = logging.DEBUG if failures == 1 else logging.WARNING
                 log.log(level, "k8s shimlet: %s watch failed (%s: %s); retrying in %.2f s", self.kind,

@@ -12,9 +12,13 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
 * ``status`` answers from the watch cache (:mod:`.cache`), never from the API;
   see :mod:`.status` for the phases and :mod:`.reasons` for the words.
 * ``delete`` (idempotent; takes the resource id, which is the service id)
-  deletes the workload (both kinds) and the Service with background cascade,
-  then waits up to ``delete_wait`` seconds for the pods to be gone, so that a
-  redeploy right after finds the GPUs free.
+  deletes everything labelled ``app.kubernetes.io/instance=<name>``: the
+  workload (either kind) and the Service, all called ``<name>``, with background
+  cascade (ReplicaSets and pods go with them); then it waits up to
+  ``delete_wait`` seconds, on the pod watch, for the pods to be gone, so that a
+  redeploy right after finds the GPUs free.  It deletes by name rather than
+  ``deletecollection`` with the selector: Services have no ``deletecollection``
+  before Kubernetes 1.23/1.24, and the Role needs one verb less.
 * ``scale`` goes through the ``/scale`` subresource; ``logs`` reads each pod
   (``[pod] line``; a crash-looping container's previous run); ``request`` reaches
   the service through the API server's service proxy (or directly, in-cluster).
@@ -95,6 +99,7 @@ class K8sShimlet:
         self._owners: dict[str, str] = {}  # workload name -> service id
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._creating: set[str] = set()  # names whose create() runs: a vanishing old kind is no NOT_FOUND
         self._subscribers: weakref.WeakSet[asyncio.Queue[Event | None]] = weakref.WeakSet()
         self._start_lock = asyncio.Lock()
         self._started = False
@@ -119,9 +124,11 @@ class K8sShimlet:
                                        self.options.sync_timeout)
             except TimeoutError:
                 await self._stop_watching()
+                errors = "; ".join(f"{i.kind}: {i.last_error}" for i in informers if i.last_error)
                 raise BackendUnavailable(
                     f"the Kubernetes API at {config.cluster.server} did not answer the first lists within"
-                    f" {self.options.sync_timeout:g} s (namespace {namespace})") from None
+                    f" {self.options.sync_timeout:g} s (namespace {namespace})"
+                    + (f"; last errors: {errors}" if errors else "")) from None
             if self.options.endpoint_access == "direct":
                 self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
             self._job = ValidationJob(kube, self._cache, self.options)
@@ -160,30 +167,38 @@ class K8sShimlet:
         rid, name = ctx.service_id, naming.workload_name(ctx.service_id)
         service = manifests.service(ctx, name, kube.namespace)
         workload = manifests.workload(ctx, name, kube.namespace, self.options)
-        kind = workload["kind"]
         async with self._lock(name):
             existing = self._cache.workloads(name)
             for obj in existing.values():
                 if owner_of(obj) != rid:
                     raise PermanentStepError(f"the Kubernetes name {name} already belongs to {owner_of(obj)!r}")
-            for other in set(existing) - {kind}:  # the workload type changed: the old kind goes
-                await kube.delete(other, name)
-            before = existing.get(kind)
-            track = self._tracks.setdefault(name, Track())
-            failed = track.failed_reason is not None
-            old_pods = self._cache.pods_of(name)
-            self._owners[name] = rid
-            await kube.apply(service)
-            applied = await kube.apply(workload)
-            if before is None or _meta(applied).get("generation") != _meta(before).get("generation"):
-                track.restart(str(_meta(p).get("uid")) for p in old_pods)  # a new spec: earlier verdicts are void
-            elif failed:
-                track.restart(str(_meta(p).get("uid")) for p in old_pods)
-                for pod in old_pods:  # retry: fresh pods, fresh image pulls and crash back-offs
-                    await kube.delete("Pod", str(_meta(pod).get("name")))
-            self._cache.put(applied)
+            self._creating.add(name)
+            try:
+                await self._apply(kube, name, rid, service, workload, existing)
+            finally:
+                self._creating.discard(name)
             self._refresh(name)
         return rid
+
+    async def _apply(self, kube: KubeApi, name: str, rid: str, service: Obj, workload: Obj,
+                     existing: Mapping[str, Obj]) -> None:
+        kind = str(workload["kind"])
+        for other in set(existing) - {kind}:  # the workload type changed: the old kind goes
+            await kube.delete(other, name)
+        before = existing.get(kind)
+        track = self._tracks.setdefault(name, Track())
+        failed = track.failed_reason is not None
+        old_pods = self._cache.pods_of(name)
+        self._owners[name] = rid
+        await kube.apply(service)
+        applied = await kube.apply(workload)
+        if before is None or _meta(applied).get("generation") != _meta(before).get("generation"):
+            track.restart(str(_meta(p).get("uid")) for p in old_pods)  # a new spec: earlier verdicts are void
+        elif failed:
+            track.restart(str(_meta(p).get("uid")) for p in old_pods)
+            for pod in old_pods:  # retry: fresh pods, fresh image pulls and crash back-offs
+                await kube.delete("Pod", str(_meta(pod).get("name")))
+        self._cache.put(applied)
 
     async def status(self, resource_id: str) -> ResourceStatus:
         await self._ready()
@@ -195,6 +210,7 @@ class K8sShimlet:
         return status
 
     async def delete(self, resource_id: str) -> None:
+        """Delete what ``create`` made, by name (see the module docstring for why not by collection)."""
         kube = await self._ready()
         name = naming.workload_name(resource_id)
         owner = self._owners.get(name)
@@ -324,6 +340,8 @@ class K8sShimlet:
             timer.cancel()
         workload = self._cache.workload(name)
         if workload is None:
+            if name in self._creating:
+                return
             if self._statuses.pop(name, None) is not None:
                 self._tracks.pop(name, None)
                 rid = self._owners.pop(name, name)
