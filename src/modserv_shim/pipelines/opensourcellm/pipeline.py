@@ -222,14 +222,16 @@ class OpenSourceLLMPipeline:
         endpoint = await self._wait_ready(ctx, rid)
         name = launch.served_model_name
         prober = probe.Prober(ctx.shimlet, rid, endpoint, self.http)
-        status, body = await prober.request("GET", "/v1/models")
+        t0 = time.monotonic()
+        (status, body), (c_status, c_body) = await asyncio.gather(  # independent: ask both at once
+            prober.request("GET", "/v1/models"),
+            prober.request("POST", "/v1/completions", {"model": name, "prompt": self.probe_prompt, "max_tokens": 1}),
+        )
         listed = probe.served_models(body)
         if status != 200 or name not in listed:
             raise StepError(f"GET /v1/models answered {status} and lists {listed or 'no model'}, not {name!r}")
         ctx.log(f"/v1/models lists {name}")
-        t0 = time.monotonic()
-        status, body = await prober.request("POST", "/v1/completions",
-                                            {"model": name, "prompt": self.probe_prompt, "max_tokens": 1})
+        status, body = c_status, c_body
         text = probe.completion_text(body)
         if status != 200 or text is None:
             raise StepError(f"a one-token completion answered {status}: {str(body)[:300]}")
