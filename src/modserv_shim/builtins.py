@@ -15,6 +15,12 @@ def _local(ctx: PluginContext) -> Any:
     return LocalShimlet(ctx)
 
 
+def _k8s(ctx: PluginContext) -> Any:
+    from modserv_shim.shimlets.k8s import K8sShimlet
+
+    return K8sShimlet(ctx)
+
+
 def _opensourcellm(ctx: PluginContext) -> Any:
     from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
 
@@ -22,6 +28,6 @@ def _opensourcellm(ctx: PluginContext) -> Any:
 
 
 BUILTINS: Mapping[Kind, Mapping[str, Callable[[PluginContext], Any]]] = {
-    "shimlet": {"local": _local},
+    "shimlet": {"local": _local, "k8s": _k8s},
     "pipeline": {"opensourcellm": _opensourcellm},
 }
