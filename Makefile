@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/k8s_requests.py
 
 clean:
 	rm -rf $(VENV) .models .data

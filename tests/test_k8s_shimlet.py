@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modserv_shim.errors import NotFound
 from modserv_shim.plugins import (
@@ -173,7 +174,7 @@ class TestK8sShimletContract(ShimletContract):
 
     @pytest.fixture
     def make_context(self) -> ContextFactory:
-        return lambda service_id, replicas: context(service_id, replicas)
+        return context
 
 
 def test_plugin_surface(tmp_path: Path) -> None:
@@ -393,3 +394,96 @@ def test_startup_probe_covers_the_startup_timeout(tmp_path: Path) -> None:
     assert probe["failureThreshold"] == math.ceil(3601 / probe["periodSeconds"])
     assert rendered["namespace"] == "models"
     assert rendered["objects"][1]["spec"]["progressDeadlineSeconds"] >= 3601
+
+
+# -- RBAC: deploy/kubernetes/rbac.yaml allows exactly what the shimlet does -------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rbac_rules() -> set[tuple[str, str, str]]:
+    docs = list(yaml.safe_load_all((REPO / "deploy/kubernetes/rbac.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "Role")
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def needed_permissions(method: str, path: str, query: str, status: int) -> set[tuple[str, str, str]]:
+    """The (apiGroup, resource, verb) triples kube-apiserver checks for one request."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource, named = rest[0], len(rest) > 1
+    if len(rest) > 2:
+        resource = f"{resource}/{rest[2]}"
+    if method == "GET":
+        verb = "get" if named else ("watch" if "watch=true" in query else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if named else "deletecollection"}[method]
+    if resource.endswith("/proxy"):
+        verb = "get" if method == "GET" else "create"
+    needed = {(group, resource, verb)}
+    if method == "PATCH" and status == 201:  # a server-side apply that creates needs "create" too
+        needed.add((group, resource, "create"))
+    return needed
+
+
+async def test_rbac_role_allows_exactly_what_the_shimlet_does(sim: Sim, tmp_path: Path) -> None:
+    from tests.k8s_sim import JobResult, PodFault
+
+    facts = {"format": "gguf", "path": "/models/tiny.gguf", "architecture": "llama", "name": "tiny",
+             "parameter_count": 1, "weights_bytes": 1, "context_length": 2048, "layers": 1, "hidden_size": 8,
+             "heads": 1, "kv_heads": 1, "head_dim": 8, "dtype": "F16"}
+    sim.set_job_handler(lambda pod: JobResult(succeeded=True, message=json.dumps({"ok": True, "facts": facts})))
+    crash = sim.inject(PodFault.crash_loop(f"{INSTANCE}=tiny-rbac-crash"))
+    async with shimlet_on(sim, tmp_path) as shimlet:
+        await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
+        rid = await shimlet.create(context("tiny-rbac"))
+        await shimlet.create(context("tiny-rbac"))
+        await wait_phase(shimlet, rid, ResourcePhase.READY)
+        await shimlet.scale(rid, 2)
+        sts = await shimlet.create(context("tiny-rbac-sts", workloadType="StatefulSet"))
+        await wait_phase(shimlet, sts, ResourcePhase.READY)
+        await shimlet.scale(sts, 2)
+        await shimlet.logs(rid)
+        with openai_backend() as url:
+            sim.set_service_backend("default", "tiny-rbac", url)
+            await shimlet.request(rid, "GET", "/v1/models")
+            await shimlet.request(rid, "POST", "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
+        broken = await shimlet.create(context("tiny-rbac-crash"))
+        await wait_phase(shimlet, broken, ResourcePhase.FAILED)
+        await shimlet.logs(broken)  # previous run's logs
+        crash.remove()
+        await shimlet.create(context("tiny-rbac-crash"))  # retry: deletes the failed pods
+        for r in (rid, sts, broken):
+            await shimlet.delete(r)
+    used: set[tuple[str, str, str]] = set()
+    for r in sim.requests:
+        if r.path.startswith(("/api/", "/apis/")) and r.status < 400:
+            used |= needed_permissions(r.method, r.path, r.query, r.status)
+    allowed = rbac_rules()
+    assert used - allowed == set(), "the Role misses permissions the shimlet uses"
+    assert allowed - used == set(), "the Role grants permissions the shimlet never uses"
+
+
+async def test_direct_endpoint_access_uses_cluster_dns(sim: Sim, tmp_path: Path) -> None:
+    import httpx2
+
+    seen: list[str] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        seen.append(str(request.url))
+        return httpx2.Response(200, json={"object": "list", "data": [{"id": "tiny"}]})
+
+    async with shimlet_on(sim, tmp_path, endpoint_access="direct", cluster_domain="example.internal") as shimlet:
+        rid = await shimlet.create(context("tiny-direct", launch=tiny_launch()))
+        status = await wait_phase(shimlet, rid, ResourcePhase.READY)
+        assert status.endpoint == "http://tiny-direct.default.svc.example.internal:8000"
+        assert shimlet._direct is not None
+        await shimlet._direct.aclose()
+        shimlet._direct = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+        assert await shimlet.request(rid, "GET", "/v1/models") == (200, {"object": "list", "data": [{"id": "tiny"}]})
+    assert seen == ["http://tiny-direct.default.svc.example.internal:8000/v1/models"]
+    assert sim.request_count(path_contains="/proxy/") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +16,7 @@ from modserv_shim.errors import InternalError
 
 def test_happy_path_and_failures_are_allowed() -> None:
     path = [State.INITIALIZING, State.PIPELINE_RUNNING, State.DEPLOYING, State.HEALTH_CHECKING, State.RUNNING]
-    for a, b in zip(path, path[1:], strict=False):
+    for a, b in itertools.pairwise(path):
         check_transition(a, b)
     for s in path[:-1]:
         assert can_transition(s, State.FAILED) and can_transition(s, State.TERMINATING)

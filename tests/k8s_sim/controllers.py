@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["Controllers"]
 
 
-def controlled_by(obj: Obj, uid: str) -> bool:
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
-
-
 def owner_ref(owner: Obj) -> dict[str, Any]:
     meta = owner["metadata"]
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
@@ -140,8 +136,7 @@ class Controllers:
                 return name
 
     def _pods_of(self, owner: Obj) -> list[Obj]:
-        uid = owner["metadata"]["uid"]
-        return [p for p in self.api.store.items(r.POD, owner["metadata"]["namespace"]) if controlled_by(p, uid)]
+        return self.api.store.controlled(r.POD, owner["metadata"]["uid"])
 
     def _delete_pod(self, owner: Obj, pod: Obj, component: str) -> None:
         self.api.delete(r.POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -162,13 +157,13 @@ class Controllers:
 
     def deployment(self, d: Obj, now: float) -> float | None:
         meta, spec = d["metadata"], d.get("spec") or {}
-        ns, uid = meta["namespace"], meta["uid"]
+        uid = meta["uid"]
         if meta.get("deletionTimestamp"):
             return None
         desired = int(spec.get("replicas", 1))
         template = spec.get("template") or {}
         pod_hash = safe_hash(template)
-        all_rs = [rs for rs in self.api.store.items(r.REPLICASET, ns) if controlled_by(rs, uid)]
+        all_rs = self.api.store.controlled(r.REPLICASET, uid)
         new_rs = next((rs for rs in all_rs
                        if (rs["metadata"].get("labels") or {}).get("pod-template-hash") == pod_hash), None)
         old_rs = [rs for rs in all_rs if rs is not new_rs]

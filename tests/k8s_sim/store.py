@@ -84,6 +84,9 @@ class Store:
         self._compacted_at = 0  # versions <= this have no history any more
         self.watchers: set[Watcher] = set()
         self.listeners: list[Callable[[StoreEvent], None]] = []
+        # (kind, controller uid) -> the objects it controls, so controllers find their pods and ReplicaSets
+        # without scanning every object of the namespace (which made 1000 services take hours).
+        self._controlled: dict[tuple[ResourceType, str], dict[tuple[str, str], Obj]] = {}
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -96,6 +99,11 @@ class Store:
         if namespace is None:
             return [objs[k] for k in sorted(objs)]
         return [objs[k] for k in sorted(objs) if k[0] == namespace]
+
+    def controlled(self, rt: ResourceType, owner_uid: str) -> list[Obj]:
+        """Objects of ``rt`` whose controller ownerReference is ``owner_uid``, ordered like :meth:`items`."""
+        objs = self._controlled.get((rt, owner_uid), {})
+        return [objs[k] for k in sorted(objs)]
 
     def all_items(self) -> Iterator[tuple[ResourceType, Obj]]:
         for rt, objs in list(self._objects.items()):
@@ -112,6 +120,9 @@ class Store:
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         self._objects[rt][key] = obj
+        if old is not None:
+            self._unindex(rt, key, old)
+        self._index(rt, key, obj)
         self._emit(StoreEvent(self.rv, "MODIFIED" if old is not None else "ADDED", rt, obj, old))
         return obj
 
@@ -120,11 +131,28 @@ class Store:
         old = self._objects.get(rt, {}).pop((namespace or "", name), None)
         if old is None:
             return None
+        self._unindex(rt, (namespace or "", name), old)
         final = copy.deepcopy(old)
         self.rv += 1
         final["metadata"]["resourceVersion"] = str(self.rv)
         self._emit(StoreEvent(self.rv, "DELETED", rt, final))
         return final
+
+    @staticmethod
+    def _controllers(obj: Obj) -> list[str]:
+        return [str(ref.get("uid")) for ref in obj["metadata"].get("ownerReferences") or [] if ref.get("controller")]
+
+    def _index(self, rt: ResourceType, key: tuple[str, str], obj: Obj) -> None:
+        for uid in self._controllers(obj):
+            self._controlled.setdefault((rt, uid), {})[key] = obj
+
+    def _unindex(self, rt: ResourceType, key: tuple[str, str], obj: Obj) -> None:
+        for uid in self._controllers(obj):
+            objs = self._controlled.get((rt, uid))
+            if objs is not None:
+                objs.pop(key, None)
+                if not objs:
+                    del self._controlled[(rt, uid)]
 
     def _emit(self, event: StoreEvent) -> None:
         self._history.append(event)

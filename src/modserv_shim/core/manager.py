@@ -215,8 +215,8 @@ class ServiceManager:
             await executor.run(rec, pipeline, steps, shimlet, operator=operator, enter_phase=no_phase,
                                fixed_timeouts=self._fixed(pipeline_name), stop_before=Phase.DEPLOYING)
         except StepFailed as exc:
-            raise ValidationFailed(f"dry run failed: {exc.reason}",
-                                   details=redact({"step": exc.step, "steps": [vars(r) for r in recorder.runs]})) from None
+            details = redact({"step": exc.step, "steps": [vars(r) for r in recorder.runs]})
+            raise ValidationFailed(f"dry run failed: {exc.reason}", details=details) from None
         return DryRunResult(rec.id, rec.total_steps, recorder.runs, recorder.logs, rec.outputs)
 
     def _fixed(self, pipeline_name: str) -> frozenset[str]:

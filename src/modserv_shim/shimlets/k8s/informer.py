@@ -55,18 +55,22 @@ class Informer:
         failures = 0
         while True:
             self._events = 0
+            relisted = self.resource_version is None
             try:
-                if self.resource_version is None:
+                if relisted:
                     await self._relist()
                 await self._follow()
                 failures = 0  # a watch ended cleanly (lightkube reopens those itself; rare)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if status_code(exc) == 410:  # our version was compacted away: list again at once
+                # Our version was compacted away: list again, at once unless a fresh list just expired too.
+                if status_code(exc) == 410 and not (relisted and self._events == 0):
                     log.info("k8s shimlet: %s watch expired (410); relisting", self.kind)
                     self.resource_version = None
                     continue
+                if status_code(exc) == 410:
+                    self.resource_version = None
                 # A watch that worked for a while starts the back-off from scratch.
                 failures = 1 if self._events else failures + 1
                 self.last_error = f"{type(exc).__name__}: {message_of(exc)}"

@@ -41,7 +41,7 @@ from modserv_shim.shimlets.k8s.naming import (
     VALIDATION_LABEL,
 )
 from modserv_shim.shimlets.k8s.options import K8sOptions
-from modserv_shim.spec import DeploySpec
+from modserv_shim.spec import DeploySpec, redact
 
 VALIDATION_TTL_SECONDS = 600
 TERMINATION_LOG = "/dev/termination-log"
@@ -115,7 +115,8 @@ def render(ctx: DeployContext, name: str, namespace: str, options: K8sOptions) -
         "namespace": namespace,
         "name": name,
         "objects": objects,
-        "yaml": yaml.safe_dump_all(objects, sort_keys=False),
+        # The text is for people: secret values are masked in it (the API masks them in "objects").
+        "yaml": yaml.safe_dump_all(redact(objects), sort_keys=False),
     }
 
 

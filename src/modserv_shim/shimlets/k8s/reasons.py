@@ -20,6 +20,7 @@ missing fields.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,22 +126,30 @@ def unschedulable_text(pod: Obj, message: str, gpu_resource: str) -> str:
     core = message.split(" preemption:", 1)[0].strip().rstrip(".")
     selector = _get(pod, "spec", "nodeSelector") or {}
     where = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    total = _count(r"0/(\d+) nodes", core)
     hints: list[str] = []
-    requests = _requests(pod)
-    for resource, amount in sorted(requests.items()):
+    for resource, amount in sorted(_requests(pod).items()):
         if f"Insufficient {resource}" in core:
             what = f"{amount} x {resource}" if resource == gpu_resource else f"{resource} {amount}"
             hints.append(f"no node has {what} free" + (f" among the nodes with {where}" if where else ""))
-    if "node affinity/selector" in core and where:
-        hints.append(f"no node matches {where}")
-    if "untolerated taint" in core:
-        hints.append("nodes carry taints the pod does not tolerate")
-    if "were unschedulable" in core:
-        hints.append("nodes are cordoned")
-    if "Too many pods" in core:
-        hints.append("nodes hold as many pods as they may")
+    # A cause only some nodes have is not the answer: the others failed for the reasons above.
+    everywhere = {
+        r"(\d+) node\(s\) didn't match Pod's node affinity/selector": f"no node matches {where or 'its selector'}",
+        r"(\d+) node\(s\) had untolerated taint": "every node carries a taint the pod does not tolerate",
+        r"(\d+) node\(s\) were unschedulable": "every node is cordoned",
+        r"(\d+) Too many pods": "every node holds as many pods as it may",
+    }
+    for pattern, hint in everywhere.items():
+        count = _count(pattern, core)
+        if count is not None and count == total:
+            hints.append(hint)
     lead = "; ".join(hints) if hints else "no node can run the pod"
     return f"cannot be scheduled: {lead} (the scheduler says: {core or 'no reason given'})"
+
+
+def _count(pattern: str, text: str) -> int | None:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
 
 
 def _requests(pod: Obj) -> dict[str, str]:

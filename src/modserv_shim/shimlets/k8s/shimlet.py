@@ -192,8 +192,8 @@ class K8sShimlet:
         self._owners[name] = rid
         await kube.apply(service)
         applied = await kube.apply(workload)
-        if before is None or _meta(applied).get("generation") != _meta(before).get("generation"):
-            track.restart(str(_meta(p).get("uid")) for p in old_pods)  # a new spec: earlier verdicts are void
+        if before is None or _template(applied) != _template(before):
+            track.restart(str(_meta(p).get("uid")) for p in old_pods)  # new pods: earlier verdicts are void
         elif failed:
             track.restart(str(_meta(p).get("uid")) for p in old_pods)
             for pod in old_pods:  # retry: fresh pods, fresh image pulls and crash back-offs
@@ -373,6 +373,11 @@ class K8sShimlet:
                 yield event
         finally:
             self._subscribers.discard(queue)
+
+
+def _template(workload: Mapping[str, Any]) -> Any:
+    """The pod template: when it changes the controller replaces the pods (a replica count does not)."""
+    return (workload.get("spec") or {}).get("template")
 
 
 def _crash_looping(pod: Mapping[str, Any]) -> bool:
