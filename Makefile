@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/k8s_requests.py
+	$(BIN)/python bench/k8s_api_latency.py
 
 clean:
 	rm -rf $(VENV) .models .data

@@ -136,9 +136,10 @@ class _OpenAIBackend(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def openai_backend() -> Iterator[str]:
+def openai_backend(model: str = "tiny") -> Iterator[str]:
     """A tiny OpenAI-shaped HTTP server on a free port (the target of ``Sim.set_service_backend``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIBackend)
+    handler = type("OpenAIBackend", (_OpenAIBackend,), {"model": model})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -167,15 +167,19 @@ async def _true(value: bool) -> bool:
 
 async def test_deploy_through_the_api_to_running(sim: Sim, tmp_path: Path, volume: Path, k8s_server: Live) -> None:
     sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
-    body = {"modelName": "tiny", "modelFile": "/models/tiny.gguf",
-            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, "replicaCount": 1}
+    body = {"modelName": "llama-3-8b", "modelFile": "/models/tiny.gguf",  # the brief's request, a small file
+            "resourceRequirements": {"acceleratorType": "NVIDIA H20", "acceleratorCount": 1, "cpu": "4",
+                                     "memory": "16Gi"}, "replicaCount": 1}
     dry = (await k8s_server.call("POST", "/api/v1/modserv/deploy", json={**body, "dryRun": True}, expect=200))
     rendered = dry["data"]["rendered"]["workload"]
     assert [o["kind"] for o in rendered["objects"]] == ["Service", "Deployment"]
     assert "kind: Deployment" in rendered["yaml"]
+    pod = rendered["objects"][1]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H20"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
     assert not sim.list("Deployment", "default")
 
-    with openai_backend() as backend:
+    with openai_backend("llama-3-8b") as backend:
         sid = (await k8s_server.call("POST", "/api/v1/modserv/deploy", json=body, expect=202))["data"]["serviceId"]
         sim.set_service_backend("default", sid, backend)
         data = await k8s_server.wait_state(sid, "running", "failed", timeout=20)
