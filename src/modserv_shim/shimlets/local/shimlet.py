@@ -351,12 +351,18 @@ def _check_command(launch: LaunchSpec) -> None:
         )
     if len(command) >= 3 and command[1] == "-m" and _same_file(program, sys.executable):
         module = command[2].split(".")[0]
-        if importlib.util.find_spec(module) is None:
+        if not _module_installed(module):
             raise PermanentStepError(
                 f"cannot start the {launch.runtime} server: the Python module {module!r} is not installed"
                 f" in {sys.executable}; install it there (for llama.cpp: pip install"
                 " 'llama-cpp-python[server]'), or put the server's own binary on PATH"
             )
+
+
+@functools.cache
+def _module_installed(module: str) -> bool:
+    """Cached: the search walks ``sys.path``; a module installed later needs a restart anyway."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _same_file(a: str, b: str) -> bool:
