@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid
+from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid, model_not_found
 from modserv_shim.modelinfo.gguf_info import inspect_gguf
 from modserv_shim.modelinfo.gguf_layout import MAGIC
 from modserv_shim.modelinfo.hf_info import inspect_hf_folder
@@ -24,11 +24,7 @@ def inspect_model(path: str | Path) -> ModelFacts:
     p = Path(path)
     where = str(p)
     if not p.exists():
-        raise ModelInvalid(
-            f"model file not found: {where} (the path must exist on this machine for the local shimlet)",
-            problem="not_found",
-            path=where,
-        )
+        raise model_not_found(where)
     if p.is_dir():
         return inspect_hf_folder(p)
     if p.suffix.lower() == ".gguf" or _starts_with_magic(p):

@@ -57,6 +57,14 @@ def readable(where: str) -> Iterator[None]:
         ) from e
 
 
+def model_not_found(where: str) -> ModelInvalid:
+    return ModelInvalid(
+        f"model file not found: {where} (the path must exist on this machine for the local shimlet)",
+        problem="not_found",
+        path=where,
+    )
+
+
 def gib(n_bytes: float) -> str:
     """``141.2 GiB``: one decimal, the unit people compare GPU sizes in
     (``96.6 MiB`` below 1 GiB, where "0.1 GiB" would hide the number)."""

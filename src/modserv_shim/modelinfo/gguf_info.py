@@ -18,7 +18,7 @@ from typing import Any
 
 from gguf.constants import GGMLQuantizationType, LlamaFileType
 
-from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid, readable
+from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid, model_not_found, readable
 from modserv_shim.modelinfo.gguf_layout import GGUFArray, GGUFLayout, TensorInfo, read_layout
 
 # llama.cpp's default KV cache type is f16.
@@ -35,11 +35,7 @@ def inspect_gguf(path: str | Path) -> ModelFacts:
     p = Path(path)
     where = str(p)
     if not p.exists():
-        raise ModelInvalid(
-            f"model file not found: {where} (the path must exist on this machine for the local shimlet)",
-            problem="not_found",
-            path=where,
-        )
+        raise model_not_found(where)
     if not p.is_file():
         raise ModelInvalid(
             f"model file {where} is not a regular file; a GGUF model is one file ending in .gguf",
