@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from modserv_shim.config import Settings
+from modserv_shim.core.registry import Registry
 from modserv_shim.server.runner import Server, build, build_registry
 from tests.doubles.fake_pipeline import FakePipeline
 from tests.doubles.fake_shimlet import FakeShimlet
@@ -93,6 +94,18 @@ def fake_settings(tmp_path: Path, **kw: Any) -> Settings:
     return Settings.load(None, **base)
 
 
+async def serve(settings: Settings, registry: Registry | None = None, headers: dict[str, str] | None = None) -> Live:
+    """Run a real server in this process on ``settings.port``; stop it with ``Live.stop``."""
+    srv = build(settings, registry or build_registry(settings))
+    userver = uvicorn.Server(uvicorn.Config(srv.app, host=settings.host, port=settings.port,
+                                            log_level="warning", lifespan="on"))
+    task = asyncio.create_task(userver.serve())
+    await wait_for(lambda: _true(userver.started), timeout=10)
+    url = f"http://{settings.host}:{settings.port}"
+    client = httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=60)
+    return Live(srv, url, client, userver, task)
+
+
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Live]]]:
     """Start servers (fake shimlet + fake pipeline registered) on free ports.
@@ -107,14 +120,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         registry = build_registry(settings)
         registry.register("shimlet", "fake", FakeShimlet, "test-double")
         registry.register("pipeline", "fake", FakePipeline, "test-double")
-        srv = build(settings, registry)
-        userver = uvicorn.Server(uvicorn.Config(srv.app, host=settings.host, port=settings.port,
-                                                log_level="warning", lifespan="on"))
-        task = asyncio.create_task(userver.serve())
-        await wait_for(lambda: _true(userver.started), timeout=10)
-        url = f"http://{settings.host}:{settings.port}"
-        client = httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=60)
-        live = Live(srv, url, client, userver, task)
+        live = await serve(settings, registry, headers)
         running.append(live)
         return live
 

@@ -14,20 +14,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
 from modserv_shim.config import Settings
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.modelinfo import ModelFacts
 from modserv_shim.modelinfo.__main__ import main as modelinfo_main
 from modserv_shim.plugins import PluginContext
-from modserv_shim.server.runner import build, build_registry
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import COMPONENT, VALIDATION_COMPONENT
 from modserv_shim.spec import DeploySpec
-from tests.conftest import Live, free_port, wait_for
+from tests.conftest import Live, free_port, serve
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import JobResult, PodFault, Sim, run_sim
 from tests.test_k8s_shimlet import NODES, openai_backend, options_for, shimlet_on
@@ -145,24 +142,12 @@ async def k8s_server(sim: Sim, tmp_path: Path) -> AsyncIterator[Live]:
     options = options_for(sim, tmp_path, model_volume=VOLUME)
     settings = Settings.load(None, data_dir=tmp_path / "data", shimlet="k8s", pipeline="opensourcellm",
                              port=free_port(), poll_interval=0.05, shimlets={"k8s": options})
-    registry = build_registry(settings)
-    if not registry.has("shimlet", "k8s"):  # until the k8s shimlet is a registered built-in
-        registry.register("shimlet", "k8s", K8sShimlet, "builtin")
-    server = build(settings, registry)
-    userver = uvicorn.Server(uvicorn.Config(server.app, host=settings.host, port=settings.port,
-                                            log_level="warning", lifespan="on"))
-    task = asyncio.create_task(userver.serve())
-    await wait_for(lambda: _true(userver.started), timeout=10)
-    url = f"http://{settings.host}:{settings.port}"
-    live = Live(server, url, httpx.AsyncClient(base_url=url, timeout=30), userver, task)
+    live = await serve(settings)
     try:
         yield live
     finally:
         await live.stop(delete_services=True)
 
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_deploy_through_the_api_to_running(sim: Sim, tmp_path: Path, volume: Path, k8s_server: Live) -> None:
