@@ -54,18 +54,17 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     s = Store(url)
     await s.open()
     if request.param == "postgresql":  # a clean slate per test on the shared server
-        async with s.engine.begin() as conn:
-            from sqlalchemy import text
+        from sqlalchemy import Connection, text
 
+        def wipe(conn: Connection) -> None:
             for table in ("services", "step_runs", "step_logs", "events", "plugins"):
-                await conn.execute(text(f"DELETE FROM {table}"))
+                conn.execute(text(f"DELETE FROM {table}"))
+
+        await s.write(wipe)
     yield s
     await s.close()
 
@@ -119,13 +118,49 @@ async def test_plugins_saved_once_per_name(store: Store) -> None:
 
 
 async def test_reopen_applies_migrations_once(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    url = f"sqlite:///{tmp_path / 'm.db'}"
     s = Store(url)
     await s.open()
     await s.insert_service(svc())
     await s.close()
     s = Store(url)
     await s.open()
+    assert (await s.get_service("m-1")) is not None
+    await s.close()
+
+
+async def test_aiosqlite_url_of_earlier_versions_opens_the_same_file(tmp_path: Path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    await s.open()
+    await s.insert_service(svc())
+    await s.close()
+    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    await s.open()
+    assert (await s.get_service("m-1")) is not None
+    await s.close()
+
+
+async def test_sqlite_locked_by_another_process_waits_without_blocking_the_server(tmp_path: Path) -> None:
+    """Someone holds the write lock (an sqlite3 shell in a transaction): our write waits for it on a
+    worker thread, the event loop keeps serving, and the write lands once the lock is released."""
+    import asyncio
+    import sqlite3
+
+    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    await s.open()
+    other = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        write = asyncio.ensure_future(s.insert_service(svc()))
+        t0 = time.monotonic()
+        await asyncio.sleep(0.3)  # the loop is free while the write waits
+        assert time.monotonic() - t0 < 0.5
+        assert not write.done()
+        assert await s.get_service("m-1") is None  # reads go on meanwhile
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(write, 10)
     assert (await s.get_service("m-1")) is not None
     await s.close()
 

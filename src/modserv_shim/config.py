@@ -106,4 +106,4 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'modserv.db'}"
+        return f"sqlite:///{self.data_dir.resolve() / 'modserv.db'}"

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection the store hands over (sync facade of async)."""
+"""Alembic environment: runs on the (sync) connection the store hands over."""
 
 from __future__ import annotations
 
