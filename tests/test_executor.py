@@ -49,6 +49,11 @@ class ScriptedPipeline:
         outcome = self.script.get(step.name, ["ok"])[ctx.attempt - 1]
         if outcome == "hang":
             await asyncio.Event().wait()
+        if outcome == "lose-cancel-then-fail":  # like wait_for on 3.11 when its future is done at that instant
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise PermanentStepError("the workload failed before becoming ready") from None
         if isinstance(outcome, BaseException):
             raise outcome
         ctx.set_output(step.name, ctx.attempt)
@@ -106,6 +111,17 @@ async def test_step_times_out_and_is_retried_then_fails(tmp_path: Path) -> None:
     assert [r.status for r in store.runs] == ["timed_out", "timed_out"]
     assert clock.sleeps == [1.0]
     assert rec.current_step == 0  # a retry starts at the step that failed
+
+
+async def test_timeout_wins_over_an_error_raised_after_the_step_lost_its_cancellation(tmp_path: Path) -> None:
+    """The user's limit was exceeded: that is the reason (and a timeout is retried), even if the
+    step then failed otherwise."""
+    steps = [StepSpec("wait", timeout=0.05, retry=RetryPolicy(attempts=2, backoff=1))]
+    _, store, _clock, pipe, _, error = await run(tmp_path, steps, {"wait": ["lose-cancel-then-fail"] * 2})
+    assert isinstance(error, StepFailed) and pipe.calls == [("wait", 1), ("wait", 2)]
+    assert error.reason == ("wait failed (after 2 attempts): step wait did not finish within 0.05 s;"
+                            " it then failed: the workload failed before becoming ready")
+    assert [r.status for r in store.runs] == ["timed_out", "timed_out"]
 
 
 async def test_permanent_error_is_not_retried(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ Why it looks like this:
 * Progress is stored after every attempt (the step run, its log lines, and on
   success the step index and outputs), so a restarted server resumes at the
   step that was in flight; steps are idempotent, so running it again is safe.
+* A quick step costs one transaction: its attempt row is inserted
+  RECORD_DELAY after the step starts, or together with its end if it ends
+  sooner (as its log lines are).  A long step shows as running while it runs.
 * The error type decides what happens: :class:`PermanentStepError`, a type the
   step lists in ``permanent``, or a client error stop at once; anything else,
   and a timeout, is retried after ``retry.delay(n)`` seconds.
@@ -42,7 +45,8 @@ class Recorder(Protocol):
     async def finish_step_run(
         self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
     ) -> None:
-        """Store the finished attempt, its last log lines and (on success) the service's progress at once."""
+        """Store the finished attempt (inserted if ``run.id`` is None), its last log lines and (on
+        success) the service's progress at once."""
     async def add_step_logs(self, logs: Sequence[StepLog]) -> None: ...
     async def update_service(self, service_id: str, **fields: Any) -> None: ...
 
@@ -62,6 +66,8 @@ class MemoryRecorder:
     async def finish_step_run(
         self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
     ) -> None:
+        if run.id is None:
+            await self.add_step_run(run)
         self.logs.extend(logs)
 
     async def add_step_logs(self, logs: Sequence[StepLog]) -> None:
@@ -92,6 +98,11 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, StepError | ClientError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _timed_out(step: StepSpec, ctx: _Context, more: str = "") -> StepTimeout:
+    limit = ctx.params.get("timeout", step.timeout)
+    return StepTimeout(f"step {step.name} did not finish within {limit:g} s{more}")
 
 
 @dataclass(frozen=True)
@@ -230,6 +241,7 @@ class _Context:
 
 
 LOG_FLUSH_DELAY = 0.2
+RECORD_DELAY = 0.2  # a step that ends sooner has its attempt row written with its end, in one transaction
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
@@ -243,6 +255,30 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+class _AttemptRow:
+    """Inserts an attempt's row RECORD_DELAY after it starts, unless :meth:`settle` comes first."""
+
+    def __init__(self, recorder: Recorder, run: StepRun) -> None:
+        self._recorder = recorder
+        self._run = run
+        self._writing = False
+        self._task = asyncio.ensure_future(self._insert_later())
+
+    async def _insert_later(self) -> None:
+        await asyncio.sleep(RECORD_DELAY)
+        self._writing = True
+        await self._recorder.add_step_run(self._run)
+
+    async def settle(self) -> None:
+        """Cancel the insert if it has not begun, else wait for it (the row then exists: ``run.id``)."""
+        if not self._task.done() and not self._writing:
+            self._task.cancel()
+        await asyncio.wait([self._task])  # never raises, not even if the caller is being cancelled
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.warning("writing a step's attempt row failed; it is written with the step's end",
+                        service_id=self._run.service_id, step=self._run.step, error=str(self._task.exception()))
 
 
 class Executor:
@@ -300,9 +336,8 @@ class Executor:
                           params={"timeout": step.timeout, "retry": asdict(policy)})
             t0 = time.monotonic()
             error: BaseException | None = None
-            # The attempt's record is written while the step already runs (it is awaited before
-            # the outcome is written), and it is written even when a delete cancels the step.
-            recorded = asyncio.ensure_future(self.recorder.add_step_run(run))
+            # The attempt's row is written while the step runs, or with its end; also when a delete cancels it.
+            recorded = _AttemptRow(self.recorder, run)
             try:
                 log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
                          operator=operator, timeout=step.timeout)
@@ -321,18 +356,17 @@ class Executor:
                     error = StepError(f"step {step.name} was cancelled from inside ({exc or 'no message'})")
                     await self._record_failure(pipeline, step, run, ctx, t0, recorded, attempt, policy, error)
                     continue
-                await asyncio.wait([recorded])
-                if run.id is not None:
-                    await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
-                                       "cancelled: the service was deleted", recorded)
+                await self._finish(pipeline, run, ctx, t0, RunStatus.CANCELLED,
+                                   "cancelled: the service was deleted", recorded)
                 raise
             except TimeoutError as exc:
                 error = exc
                 if ctx.timeout_cm is not None and ctx.timeout_cm.expired():
-                    limit = ctx.params.get("timeout", step.timeout)
-                    error = StepTimeout(f"step {step.name} did not finish within {limit:g} s")
+                    error = _timed_out(step, ctx)
             except Exception as exc:
                 error = exc
+                if ctx.timeout_cm is not None and ctx.timeout_cm.expired():  # the step lost our cancellation
+                    error = _timed_out(step, ctx, f"; it then failed: {describe_error(exc)}")
             if error is None:
                 rec.outputs.update(ctx.new_outputs)
                 rec.current_step += 1
@@ -348,7 +382,7 @@ class Executor:
         run: StepRun,
         ctx: _Context,
         t0: float,
-        recorded: asyncio.Future[int],
+        recorded: _AttemptRow,
         attempt: int,
         policy: RetryPolicy,
         error: BaseException,
@@ -374,7 +408,7 @@ class Executor:
         t0: float,
         status: str,
         error: str | None,
-        recorded: asyncio.Future[int],
+        recorded: _AttemptRow,
         progress: Mapping[str, Any] | None = None,
     ) -> None:
         elapsed = time.monotonic() - t0
@@ -390,8 +424,8 @@ class Executor:
                  error=error)
 
     async def _persist_finish(
-        self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None, recorded: asyncio.Future[int]
+        self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None, recorded: _AttemptRow
     ) -> None:
-        await recorded
+        await recorded.settle()
         logs = await ctx.drain_logs()
         await self.recorder.finish_step_run(run, logs, progress)

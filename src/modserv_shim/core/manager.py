@@ -447,7 +447,8 @@ class ServiceManager:
                 task = asyncio.create_task(self._terminate(rec, operator), name=f"terminate-{rec.id}")
                 self._terminations[rec.id] = task
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), self.config.delete_wait)
+            async with asyncio.timeout(self.config.delete_wait):
+                await asyncio.shield(task)
         return rec
 
     async def _terminate(self, rec: ServiceRecord, operator: str) -> None:

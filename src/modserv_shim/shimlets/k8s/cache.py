@@ -180,7 +180,8 @@ class ClusterCache:
             self._waiters.add(event)
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, tick) if tick else remaining)
+                    async with asyncio.timeout(min(remaining, tick) if tick else remaining):
+                        await event.wait()
             finally:
                 self._waiters.discard(event)
         return True

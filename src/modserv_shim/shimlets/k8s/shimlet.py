@@ -120,8 +120,8 @@ class K8sShimlet:
             self._kube, self._namespace, self._informers = kube, namespace, informers
             self._tasks = [asyncio.create_task(i.run(), name=f"k8s-informer-{i.kind}") for i in informers]
             try:
-                await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)),
-                                       self.options.sync_timeout)
+                async with asyncio.timeout(self.options.sync_timeout):
+                    await asyncio.gather(*(i.synced.wait() for i in informers))
             except TimeoutError:
                 await self._stop_watching()
                 errors = "; ".join(f"{i.kind}: {i.last_error}" for i in informers if i.last_error)

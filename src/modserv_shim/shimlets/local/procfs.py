@@ -160,7 +160,8 @@ async def _gone(
     """Wait until the leader has exited and its group is empty, or ``deadline`` (loop time) passes."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wait_exit(pid, started, child, poll_interval), timeout=max(deadline - loop.time(), 0))
+        async with asyncio.timeout_at(deadline):
+            await wait_exit(pid, started, child, poll_interval)
     while group_members(pid):
         if loop.time() >= deadline:
             return False
