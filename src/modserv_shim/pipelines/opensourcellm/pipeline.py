@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
 from modserv_shim.errors import PermanentStepError, StepError
-from modserv_shim.modelinfo import ModelFacts, check_fit, default_context_length, inspect_model
+from modserv_shim.modelinfo import FitResult, ModelFacts, check_fit, default_context_length, inspect_model
 from modserv_shim.modelinfo.facts import GIB, format_count, gib
 from modserv_shim.pipelines.opensourcellm import probe
 from modserv_shim.plugins import (
@@ -128,26 +129,28 @@ class OpenSourceLLMPipeline:
     async def validate(self, ctx: StepContext) -> None:
         spec = ctx.spec
         ctx.set_params(modelFile=spec.modelFile, resourceRequirements=spec.resourceRequirements.model_dump())
+        rr = spec.resourceRequirements
+        fit_check = functools.partial(check_fit, requirements=rr, context_length=spec.contextLength,
+                                      replicas=spec.replicaCount, gpu_memory_utilization=self.gpu_memory_utilization)
+        skip_fit = launch_target(ctx.shimlet) == "container" and rr.acceleratorType is None and rr.memory is None
+        fit: FitResult | None = None
         if isinstance(ctx.shimlet, ModelInspector):
             ctx.log("inspecting the model where the workload will see it", shimlet=ctx.shimlet.name)
             facts = ModelFacts.from_dict(await ctx.shimlet.inspect_model(spec))
-        else:
-            facts = await asyncio.to_thread(inspect_model, spec.modelFile)
+        else:  # both read files: one trip to a worker thread
+            facts, fit = await asyncio.to_thread(_inspect_and_fit, spec.modelFile, None if skip_fit else fit_check)
         ctx.log(
             f"{facts.format.upper()} model {facts.name or facts.architecture}: {facts.architecture},"
             f" {format_count(facts.parameter_count)} parameters, {facts.dtype}, {gib(facts.weights_bytes)} of weights,"
             f" trained context {facts.context_length} tokens",
         )
         ctx.set_output("model", facts.to_dict())
-        rr = spec.resourceRequirements
-        if launch_target(ctx.shimlet) == "container" and rr.acceleratorType is None and rr.memory is None:
+        if skip_fit:
             ctx.log("no memory request and no accelerator: the fit check needs one of them; skipped",
                     level="warning")
             return
-        fit = await asyncio.to_thread(
-            check_fit, facts, rr, spec.contextLength, replicas=spec.replicaCount,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-        )
+        if fit is None:
+            fit = await asyncio.to_thread(fit_check, facts)
         ctx.set_output("fit", fit.to_dict())
         for w in fit.warnings:
             ctx.log(w, level="warning")
@@ -260,13 +263,21 @@ class OpenSourceLLMPipeline:
                 if reason != last_reason:
                     ctx.log(f"waiting: {reason}")
                     last_reason = reason
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), POLL_SECONDS if follower is None else WATCH_RECHECK)
+                with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow our step timeout
+                    async with asyncio.timeout(POLL_SECONDS if follower is None else WATCH_RECHECK):
+                        await changed.wait()
         finally:
             if follower is not None:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
+
+
+def _inspect_and_fit(
+    model_file: str, fit_check: Callable[[ModelFacts], FitResult] | None
+) -> tuple[ModelFacts, FitResult | None]:
+    facts = inspect_model(model_file)
+    return facts, fit_check(facts) if fit_check is not None else None
 
 
 async def _follow(shimlet: Watchable, rid: str, changed: asyncio.Event) -> None:

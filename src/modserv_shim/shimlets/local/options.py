@@ -6,7 +6,9 @@ key                       default      meaning
 ``host``                  127.0.0.1    interface the servers listen on
 ``advertise_host``        (derived)    host put in the endpoint URL; defaults to ``host``,
                                        or 127.0.0.1 when ``host`` is a wildcard
-``probe_interval``        0.01 s       how often a starting replica's ready path is probed
+``probe_interval``        0.005 s      how often a starting replica's port is tried; once it
+                                       listens, its ready path is asked at 2x longer
+                                       intervals (at most 0.5 s) until it answers 200
 ``probe_timeout``         2.0 s        timeout of one probe request
 ``poll_interval``         0.5 s        exit polling when pidfds are unavailable (< 1 s)
 ``restart_backoff``       1.0 s        first restart delay; doubles per consecutive crash
@@ -43,7 +45,7 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 class LocalOptions:
     host: str = "127.0.0.1"
     advertise_host: str | None = None
-    probe_interval: float = 0.01
+    probe_interval: float = 0.005
     probe_timeout: float = 2.0
     poll_interval: float = 0.5
     restart_backoff: float = 1.0

@@ -3,7 +3,8 @@
 Each replica has one supervising asyncio task, a plain loop that is easy to
 follow::
 
-    start the process (unless one is running already: re-adopted)
+    start the process (unless one is running already: started by ``supervise``
+                       itself, or re-adopted)
     probe its ready path until the first 200       -> READY
     wait for it to exit (pidfd: noticed at once)
     exited before ever being ready N times in a row -> FAILED, stop here
@@ -27,6 +28,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -45,6 +47,8 @@ from modserv_shim.shimlets.local.ports import url_host
 from modserv_shim.shimlets.local.state import ReplicaRecord
 
 log = logging.getLogger(__name__)
+
+HTTP_PROBE_MAX_INTERVAL = 0.5  # a server that listens but is not ready yet (loading) is asked at most this often
 
 
 class ReplicaPhase(StrEnum):
@@ -101,9 +105,15 @@ class Replica:
     # ------------------------------------------------------------ control
 
     def supervise(self, *, problem: str | None = None) -> None:
-        """Start the supervising task; it starts a process unless ``record.pid`` is running."""
+        """Start the process now (unless ``record.pid`` is running) and the task that supervises it.
+
+        Starting it here rather than in the task lets the model load begin before ``create``
+        returns, while the caller records the resource.
+        """
         self.problem = problem
         self._started = time.monotonic()
+        if self.record.pid is None and not self._start_process():
+            return
         self._task = asyncio.create_task(self._supervise(), name=f"local:{self.env.resource_id}:{self.index}")
 
     async def detach(self) -> None:
@@ -143,12 +153,7 @@ class Replica:
             while True:
                 if self.record.pid is None:
                     async with self._spawn_lock:
-                        if self._stopping:
-                            return
-                        try:
-                            self._spawn()
-                        except OSError as exc:
-                            self._give_up(f"replica {self.index} could not be started: {exc}")
+                        if self._stopping or not self._start_process():
                             return
                 code = await self._run_until_exit()
                 delay = self._after_exit(code)
@@ -160,6 +165,14 @@ class Replica:
         except Exception as exc:  # a bug here must show up as a reason, not vanish in a task
             log.exception("local shimlet: supervising %s replica %d failed", self.env.resource_id, self.index)
             self._give_up(f"replica {self.index}: internal error of the local shimlet: {exc!r}")
+
+    def _start_process(self) -> bool:
+        try:
+            self._spawn()
+        except OSError as exc:
+            self._give_up(f"replica {self.index} could not be started: {exc}")
+            return False
+        return True
 
     def _spawn(self) -> None:
         record, launch = self.record, self.env.launch
@@ -206,26 +219,49 @@ class Replica:
             exited.cancel()
 
     async def _probe_until_ready(self, pid: int, exited: asyncio.Future[int | None]) -> None:
+        """Probe every ``probe_interval`` until the port accepts connections (a connect attempt is
+        cheap: ~0.1 ms, against ~1 ms for an HTTP request), then GET the ready path, at growing
+        intervals (up to HTTP_PROBE_MAX_INTERVAL) while the server answers "not yet"."""
         opts, launch = self.env.options, self.env.launch
         url = f"http://{url_host(opts.probe_host)}:{self.record.port}{launch.ready_path}"
         deadline = self._started + launch.startup_timeout
+        listening = False
+        http_interval = opts.probe_interval
         while not exited.done():
-            probe = asyncio.ensure_future(self._probe(url))
+            probe = asyncio.ensure_future(self._probe(url) if listening else self._accepts())
             either: set[asyncio.Future[Any]] = {probe, exited}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not probe.done():  # the process exited mid-probe
                 probe.cancel()
                 return
-            if probe.result():
+            interval = opts.probe_interval
+            if not listening and probe.result():
+                listening = True
+                continue  # something listens: ask it at once
+            if listening and probe.result():
                 self._became_ready()
                 return
+            if listening:
+                interval, http_interval = http_interval, min(http_interval * 2, HTTP_PROBE_MAX_INTERVAL)
             left = deadline - time.monotonic()
             if left <= 0:
                 self._timed_out = True
                 grace, poll = opts.stop_grace_period, opts.poll_interval
                 await procfs.terminate(pid, self.record.start_time, self._child, grace=grace, poll_interval=poll)
                 return
-            await asyncio.wait({exited}, timeout=min(opts.probe_interval, left))
+            await asyncio.wait({exited}, timeout=min(interval, left))
+
+    async def _accepts(self) -> bool:
+        """Does something accept TCP connections on the replica's port?"""
+        host = self.env.options.probe_host
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(self.env.options.probe_timeout):
+                    await asyncio.get_running_loop().sock_connect(sock, (host, self.record.port))
+            except (OSError, TimeoutError):
+                return False
+        return True
 
     async def _probe(self, url: str) -> bool:
         try:

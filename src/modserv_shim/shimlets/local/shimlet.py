@@ -6,8 +6,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   call for a live resource returns the same id and starts nothing.  A FAILED
   resource is the exception: ``create`` then starts it afresh (a retry of the
   deploy step), since a failed resource has no process left to duplicate.
-  Processes are started by the replicas' supervising tasks right after
-  ``create`` returns; ``create`` fails fast (PermanentStepError) only when the
+  Processes are started before ``create`` returns (the model load begins at
+  once), then watched by one supervising task per replica; ``create`` fails fast (PermanentStepError) only when the
   program cannot possibly start (command or Python module missing).
 * ``status`` never blocks: it is computed from the supervisors' cached state
   (no HTTP, no ``/proc``), and is NOT_FOUND for an unknown id.
