@@ -155,8 +155,9 @@ class LocalShimlet:
             )
             resource = self._register(record)
             for replica in resource.ordered():
-                replica.supervise()
-            self._changed(resource_id)
+                replica.supervise()  # each start (or failure to start) saves the record and tells the watchers
+            if not resource.replicas:
+                self._changed(resource_id)
         return resource_id
 
     async def status(self, resource_id: str) -> ResourceStatus:

@@ -8,8 +8,11 @@ Layout under ``<data_dir>/local/``::
 The state file is what lets a restarted shim find its model servers again
 (pid + process start time, see :mod:`.procfs`) instead of loading every
 model a second time.  It is rewritten atomically (write a temporary file,
-fsync, ``os.replace``) so a crash mid-write leaves the old or the new version,
-never half of one.
+``os.replace``) so a crash of the shim mid-write leaves the old or the new
+version, never half of one.  It is not fsynced: what it is for, finding running
+processes again, only matters while the machine stays up (after a power cut no
+model server is left to adopt), and an fsync per status change would cost more
+than the rest of a deploy's bookkeeping.
 """
 
 from __future__ import annotations
@@ -91,8 +94,6 @@ class StateStore:
         tmp = directory / f".{STATE_FILE}.tmp"
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(record.to_json(), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, directory / STATE_FILE)
 
     def load_all(self) -> list[ResourceRecord]:
