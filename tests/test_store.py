@@ -111,6 +111,52 @@ async def test_step_runs_logs_and_interrupt(store: Store) -> None:
     assert [x.message for x in logs] == ["line 0", "line 1", "line 2"] and logs[2].fields == {"i": 2}
 
 
+async def test_write_behind_keeps_order_and_read_your_writes(store: Store) -> None:
+    """durable=False writes are queued, yet every read sees them and a later durable write lands after them."""
+    rec = svc()
+    await store.insert_service(rec)
+    for to in ("pipeline_running", "deploying"):
+        old, rec.state = rec.state, State(to)
+        await store.save_transition(rec, Event(rec.id, time.time(), old.value, to, None, "otto"), durable=False)
+    run = StepRun("m-1", "a", 1, RunStatus.SUCCEEDED, time.time(), "otto", duration_ms=3.0)
+    await store.finish_step_run(run, [StepLog("m-1", "a", 1, time.time(), "info", "done")],
+                                {"current_step": 1}, durable=False)
+    got = await store.get_service("m-1")  # a read flushes the queue first
+    assert got is not None and got.state is State.DEPLOYING and got.current_step == 1
+    rec.state = State.FAILED
+    await store.save_transition(rec, Event(rec.id, time.time(), "deploying", "failed", "boom", "otto"))
+    assert [e.to_state for e in await store.list_events("m-1")] == [
+        "initializing", "pipeline_running", "deploying", "failed"]
+    assert [(r.step, r.status) for r in await store.list_step_runs("m-1")] == [("a", "succeeded")]
+
+
+async def test_write_behind_reaches_the_database_by_itself_and_on_close(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from modserv_shim.core.store import WRITE_BEHIND
+
+    def stored_state() -> str:
+        with sqlite3.connect(tmp_path / "m.db") as other:  # another connection: sees committed data only
+            return str(other.execute("SELECT state FROM services WHERE id = 'm-1'").fetchone()[0])
+
+    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    await s.open()
+    rec = svc()
+    await s.insert_service(rec)
+    rec.state = State.PIPELINE_RUNNING
+    await s.save_transition(rec, Event(rec.id, time.time(), "initializing", "pipeline_running", None, "o"),
+                            durable=False)
+    assert stored_state() == "initializing"  # queued
+    await asyncio.sleep(WRITE_BEHIND + 0.2)
+    assert stored_state() == "pipeline_running"  # written without anyone asking
+    rec.state = State.DEPLOYING
+    await s.save_transition(rec, Event(rec.id, time.time(), "pipeline_running", "deploying", None, "o"),
+                            durable=False)
+    await s.close()
+    assert stored_state() == "deploying"
+
+
 async def test_plugins_saved_once_per_name(store: Store) -> None:
     await store.save_plugin(PluginRecord("pipeline", "q", "/p/q.py", None, "Q", "ada"))
     await store.save_plugin(PluginRecord("pipeline", "q", "/p/q2.py", None, "Q", "ada"))

@@ -19,7 +19,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,10 +43,11 @@ class Recorder(Protocol):
 
     async def add_step_run(self, run: StepRun) -> int: ...
     async def finish_step_run(
-        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None,
+        *, durable: bool = True,
     ) -> None:
         """Store the finished attempt (inserted if ``run.id`` is None), its last log lines and (on
-        success) the service's progress at once."""
+        success) the service's progress at once; ``durable=False``: soon (see the store's write-behind)."""
     async def add_step_logs(self, logs: Sequence[StepLog]) -> None: ...
     async def update_service(self, service_id: str, **fields: Any) -> None: ...
 
@@ -64,7 +65,8 @@ class MemoryRecorder:
         return run.id
 
     async def finish_step_run(
-        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None,
+        *, durable: bool = True,
     ) -> None:
         if run.id is None:
             await self.add_step_run(run)
@@ -148,8 +150,7 @@ class _Context:
         self.timeout_cm: asyncio.Timeout | None = None
         self.started_loop_time = asyncio.get_running_loop().time()
         self.pending_logs: list[StepLog] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._writing = False
+        self._flusher: _Deferred | None = None
 
     @property
     def service_id(self) -> str:
@@ -198,27 +199,18 @@ class _Context:
         log.log(_LEVELS.get(level, 20), message, service_id=self._rec.id, step=self._step.name,
                 attempt=self._attempt, **fields)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+            # Lines of a long step reach the store within LOG_FLUSH_DELAY; a quick step's go with its end.
+            self._flusher = _Deferred(LOG_FLUSH_DELAY, self._flush)
 
-    async def _flush_soon(self) -> None:
-        """Lines of a long step reach the store within LOG_FLUSH_DELAY; a quick step's go with its end."""
-        await asyncio.sleep(LOG_FLUSH_DELAY)
-        self._writing = True
-        try:
-            while self.pending_logs:
-                batch, self.pending_logs = self.pending_logs, []
-                await self._ex.recorder.add_step_logs(batch)
-        finally:
-            self._writing = False
+    async def _flush(self) -> None:
+        while self.pending_logs:
+            batch, self.pending_logs = self.pending_logs, []
+            await self._ex.recorder.add_step_logs(batch)
 
     async def drain_logs(self) -> list[StepLog]:
-        """Stop background flushing and return the lines not stored yet."""
-        task = self._flusher
-        if task is not None and not task.done():
-            if not self._writing:
-                task.cancel()  # still waiting: nothing half-written
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop background flushing (waiting for a write in progress) and return the lines not stored yet."""
+        if self._flusher is not None:
+            await self._flusher.settle()
         batch, self.pending_logs = self.pending_logs, []
         return batch
 
@@ -257,28 +249,30 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class _AttemptRow:
-    """Inserts an attempt's row RECORD_DELAY after it starts, unless :meth:`settle` comes first."""
+class _Deferred:
+    """Runs ``work()`` after ``delay`` seconds unless :meth:`settle` comes first.
 
-    def __init__(self, recorder: Recorder, run: StepRun) -> None:
-        self._recorder = recorder
-        self._run = run
-        self._writing = False
-        self._task = asyncio.ensure_future(self._insert_later())
+    A timer until it fires, so settling early costs nothing (no task to cancel and await).
+    """
 
-    async def _insert_later(self) -> None:
-        await asyncio.sleep(RECORD_DELAY)
-        self._writing = True
-        await self._recorder.add_step_run(self._run)
+    def __init__(self, delay: float, work: Callable[[], Awaitable[object]]) -> None:
+        self._work = work
+        self._task: asyncio.Future[object] | None = None
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
-    async def settle(self) -> None:
-        """Cancel the insert if it has not begun, else wait for it (the row then exists: ``run.id``)."""
-        if not self._task.done() and not self._writing:
-            self._task.cancel()
+    def _fire(self) -> None:
+        self._task = asyncio.ensure_future(self._work())
+
+    def done(self) -> bool:
+        return self._task.done() if self._task is not None else self._timer.cancelled()
+
+    async def settle(self) -> BaseException | None:
+        """Cancel the work if it has not begun, else wait for it; its exception, if it raised one."""
+        self._timer.cancel()
+        if self._task is None:
+            return None
         await asyncio.wait([self._task])  # never raises, not even if the caller is being cancelled
-        if not self._task.cancelled() and self._task.exception() is not None:
-            log.warning("writing a step's attempt row failed; it is written with the step's end",
-                        service_id=self._run.service_id, step=self._run.step, error=str(self._task.exception()))
+        return None if self._task.cancelled() else self._task.exception()
 
 
 class Executor:
@@ -337,7 +331,7 @@ class Executor:
             t0 = time.monotonic()
             error: BaseException | None = None
             # The attempt's row is written while the step runs, or with its end; also when a delete cancels it.
-            recorded = _AttemptRow(self.recorder, run)
+            recorded = _Deferred(RECORD_DELAY, functools.partial(self.recorder.add_step_run, run))
             try:
                 log.info("step started", service_id=rec.id, step=step.name, attempt=attempt,
                          operator=operator, timeout=step.timeout)
@@ -382,7 +376,7 @@ class Executor:
         run: StepRun,
         ctx: _Context,
         t0: float,
-        recorded: _AttemptRow,
+        recorded: _Deferred,
         attempt: int,
         policy: RetryPolicy,
         error: BaseException,
@@ -408,7 +402,7 @@ class Executor:
         t0: float,
         status: str,
         error: str | None,
-        recorded: _AttemptRow,
+        recorded: _Deferred,
         progress: Mapping[str, Any] | None = None,
     ) -> None:
         elapsed = time.monotonic() - t0
@@ -424,8 +418,12 @@ class Executor:
                  error=error)
 
     async def _persist_finish(
-        self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None, recorded: _AttemptRow
+        self, run: StepRun, ctx: _Context, progress: Mapping[str, Any] | None, recorded: _Deferred
     ) -> None:
-        await recorded.settle()
+        failure = await recorded.settle()
+        if failure is not None:  # run.id is still None: the row is inserted below
+            log.warning("writing a step's attempt row failed; it is written with the step's end",
+                        service_id=run.service_id, step=run.step, error=str(failure))
         logs = await ctx.drain_logs()
-        await self.recorder.finish_step_run(run, logs, progress)
+        # A step that succeeded may be lost in a crash (it runs again), so it is not waited for.
+        await self.recorder.finish_step_run(run, logs, progress, durable=run.status != RunStatus.SUCCEEDED)

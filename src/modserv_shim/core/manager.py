@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ class ServiceManager:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        self._state_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     # --------------------------------------------------------------- start/stop
 
@@ -150,6 +151,27 @@ class ServiceManager:
         rec = self._live.get(service_id) or await self.store.get_service(service_id)
         if rec is None:
             raise NotFound(f"no service with id {service_id!r}")
+        return rec
+
+    async def wait_for_state(self, service_id: str, states: Collection[State], timeout: float) -> ServiceRecord:
+        """The service once it is in one of ``states``, failed or terminated, or after ``timeout`` seconds
+        as it is then (a long poll: clients learn of a state change the moment it is stored)."""
+        rec = await self.get(service_id)
+        stop = {*states, State.FAILED, State.TERMINATED}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while rec.state not in stop and rec.id in self._live:
+            woken: asyncio.Future[None] = loop.create_future()
+            waiters = self._state_waiters.setdefault(rec.id, set())
+            waiters.add(woken)
+            try:
+                await asyncio.wait([woken], timeout=max(deadline - loop.time(), 0))
+            finally:
+                waiters.discard(woken)
+                if not waiters:
+                    self._state_waiters.pop(rec.id, None)
+            if not woken.done():
+                break
         return rec
 
     async def list_services(self, state: State | None = None) -> list[ServiceRecord]:
@@ -241,8 +263,8 @@ class ServiceManager:
             return
 
         async def enter_phase(phase: Phase) -> None:
-            if rec.state.value != phase.value:
-                await self._transition(rec, State(phase.value), operator=operator)
+            if rec.state.value != phase.value:  # lost in a crash, the pipeline just resumes a step earlier
+                await self._transition(rec, State(phase.value), operator=operator, durable=False)
 
         def keep_going() -> bool:
             return rec.state not in (State.TERMINATING, State.TERMINATED)
@@ -263,14 +285,16 @@ class ServiceManager:
             await self._fail(rec, f"internal error in the pipeline: {type(exc).__name__}: {exc}", operator=operator)
             return
         status: ResourceStatus | None = None
+        replicas: dict[str, Any] = {}
         if rec.resource_id:
-            try:  # endpoint and replicas are known when the state says running
+            try:  # endpoint and replicas are known when the state says running (same transaction)
                 status = await shimlet.status(rec.resource_id)
-                await self._record_replicas(rec, status)
+                replicas = {"replicas_ready": status.ready_replicas, "endpoint": status.endpoint or rec.endpoint}
             except Exception as exc:  # the watcher or the poller will tell
                 log.warning("status after the pipeline failed", service_id=rec.id, error=str(exc))
-        if not await self._transition(rec, State.RUNNING, operator=operator, background=True):
+        if not await self._transition(rec, State.RUNNING, operator=operator, background=True, also=replicas):
             return  # deleted meanwhile
+        self.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
         self.metrics.deployments.labels(result="succeeded").inc()
         self.metrics.pipeline_duration.labels(pipeline=rec.pipeline, result="succeeded").observe(
             time.monotonic() - started)
@@ -289,18 +313,22 @@ class ServiceManager:
 
     async def _transition(
         self, rec: ServiceRecord, new: State, reason: str | None = None, operator: str = SYSTEM,
-        *, background: bool = False,
+        *, background: bool = False, also: Mapping[str, Any] | None = None, durable: bool = True,
     ) -> bool:
         """The one place a lifecycle state changes; True when the service is now in ``new``.
 
         ``background`` is for observers (pipeline end, status watch) that may lose a race
         with a user's delete: a transition the table forbids is then skipped, not an error.
+        ``also``: other fields of the record that change with the state, in the same transaction.
+        ``durable=False``: written soon rather than before returning (the store's write-behind).
         """
         async with self._lock(rec.id):
-            return await self._transition_locked(rec, new, reason, operator, background=background)
+            return await self._transition_locked(rec, new, reason, operator, background=background, also=also,
+                                                 durable=durable)
 
     async def _transition_locked(
-        self, rec: ServiceRecord, new: State, reason: str | None, operator: str, *, background: bool = False
+        self, rec: ServiceRecord, new: State, reason: str | None, operator: str, *, background: bool = False,
+        also: Mapping[str, Any] | None = None, durable: bool = True,
     ) -> bool:
         old = rec.state
         if old is new:
@@ -315,14 +343,20 @@ class ServiceManager:
         rec.state = new
         rec.reason = reason
         rec.updated_at = now()
+        for field, value in (also or {}).items():
+            setattr(rec, field, value)
         # shielded: a delete that cancels the pipeline must not leave memory and store disagreeing
-        await asyncio.shield(
-            self.store.save_transition(rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator)))
+        await asyncio.shield(self.store.save_transition(
+            rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator), durable=durable,
+            **(also or {})))
         self.metrics.transitions.labels(from_state=old.value, to_state=new.value).inc()
         self.metrics.services.labels(state=old.value).dec()
         self.metrics.services.labels(state=new.value).inc()
         log.info("state changed", service_id=rec.id, from_state=old.value, to_state=new.value,
                  reason=reason, operator=operator)
+        for woken in self._state_waiters.get(rec.id, ()):
+            if not woken.done():
+                woken.set_result(None)
         if new is State.TERMINATED:
             self._live.pop(rec.id, None)
             for gauge in (self.metrics.replicas_ready, self.metrics.replicas_desired):

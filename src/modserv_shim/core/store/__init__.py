@@ -10,15 +10,26 @@ tens of microseconds there), through ``run_sync`` on an async driver otherwise.
 
 A transition and its event are written in one transaction, so the stored state
 and the event history never disagree, even after ``kill -9``.
+
+Write-behind: a write made with ``durable=False`` is queued and written within
+WRITE_BEHIND seconds, in one transaction with the other queued writes, and in any
+case before the next durable write or any read (so the order of writes, and
+read-your-writes, hold).  The pipeline uses it for the progress it can afford to
+lose in a crash (a phase change, a step that succeeded): after a restart the step
+simply runs again.  What must survive a crash (an accepted deploy, a created
+workload, a failure, a delete) is written durably, before the call returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
@@ -32,6 +43,9 @@ from modserv_shim.errors import BackendUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
+WRITE_BEHIND = 0.05  # seconds a write made with durable=False may wait (it goes earlier with the next write)
+
+log = structlog.get_logger("modserv_shim.store")
 
 # Built once: constructing a statement costs more than running it on SQLite.  An UPDATE
 # without .values() sets the columns named by the parameters it is executed with.
@@ -58,6 +72,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self._backend: Backend | None = None
+        self._pending: list[Callable[[Connection], object]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def backend(self) -> Backend:
@@ -89,15 +107,51 @@ class Store:
 
     async def close(self) -> None:
         if self._backend is not None:
+            await self.flush()
             await self._backend.close()
             self._backend = None
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(connection)`` in one transaction (for operations this class does not have)."""
+        """Run ``fn(connection)`` in one transaction, after the queued writes (for operations this
+        class does not have)."""
+        await self.flush()
         return await self.backend.write(fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
+        await self.flush()
         return await self.backend.read(fn)
+
+    async def _write(self, fn: Callable[[Connection], object], durable: bool) -> None:
+        if durable:
+            await self.write(fn)
+            return
+        self._pending.append(fn)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(WRITE_BEHIND, self._flush_later)
+
+    async def flush(self) -> None:
+        """Write what is queued (write-behind), in order, in one transaction."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not self._pending:
+            return
+        async with self._flush_lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self.backend.write(functools.partial(_run_all, batch))
+
+    def _flush_later(self) -> None:
+        self._flush_timer = None
+        task = asyncio.ensure_future(self._flush_logged())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # lost progress only: the steps run again after a restart
+            log.error("writing queued progress records failed; they are lost", error=f"{type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- services
 
@@ -128,14 +182,17 @@ class Store:
             fields["state"] = fields["state"].value
         await self.write(lambda conn: conn.execute(_UPDATE_SERVICE, {"_id": service_id, **fields}))
 
-    async def save_transition(self, rec: ServiceRecord, ev: Event, **fields: Any) -> None:
+    async def save_transition(self, rec: ServiceRecord, ev: Event, *, durable: bool = True, **fields: Any) -> None:
         """Persist the record's new state/reason (and any other ``fields``) together with its event."""
-        def op(conn: Connection) -> None:
-            conn.execute(_UPDATE_SERVICE, {"_id": rec.id, "state": rec.state.value, "reason": rec.reason,
-                                           "updated_at": rec.updated_at, **fields})
-            conn.execute(_INSERT_EVENT, _row(ev, skip_id=True))
+        values = {"_id": rec.id, "state": rec.state.value, "reason": rec.reason, "updated_at": rec.updated_at,
+                  **fields}
+        event = _row(ev, skip_id=True)
 
-        await self.write(op)
+        def op(conn: Connection) -> None:
+            conn.execute(_UPDATE_SERVICE, values)
+            conn.execute(_INSERT_EVENT, event)
+
+        await self._write(op, durable)
 
     async def count_services(self) -> dict[str, int]:
         q = select(t.services.c.state, func.count()).group_by(t.services.c.state)
@@ -148,22 +205,31 @@ class Store:
         return run.id
 
     async def finish_step_run(
-        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None
+        self, run: StepRun, logs: Sequence[StepLog] = (), progress: Mapping[str, Any] | None = None,
+        *, durable: bool = True,
     ) -> None:
         """The attempt's outcome (inserted when ``run.id`` is None), its last log lines and the
-        service's progress, in one transaction."""
+        service's progress, in one transaction.  With ``durable=False``, ``run.id`` stays None."""
+        log_rows = [_row(x, skip_id=True) for x in logs]
+        run_row = _row(run, skip_id=True)
+        service = {"_id": run.service_id, **progress, "updated_at": now()} if progress else None
+        run_id = run.id
+
         def op(conn: Connection) -> int | None:
-            if logs:
-                conn.execute(_INSERT_LOGS, [_row(x, skip_id=True) for x in logs])
+            if log_rows:
+                conn.execute(_INSERT_LOGS, log_rows)
             new_id = None
-            if run.id is None:
-                new_id = _insert_run(conn, run)
+            if run_id is None:
+                new_id = _insert_run_row(conn, run_row)
             else:
-                conn.execute(_UPDATE_RUN, {"_id": run.id, **_row(run, skip_id=True)})
-            if progress:
-                conn.execute(_UPDATE_SERVICE, {"_id": run.service_id, **progress, "updated_at": now()})
+                conn.execute(_UPDATE_RUN, {"_id": run_id, **run_row})
+            if service:
+                conn.execute(_UPDATE_SERVICE, service)
             return new_id
 
+        if not durable:
+            await self._write(op, durable=False)
+            return
         new_id = await self.write(op)
         if new_id is not None:  # only once committed
             run.id = new_id
@@ -221,8 +287,17 @@ class Store:
         return await self.read(lambda conn: [PluginRecord(**dict(r)) for r in conn.execute(q).mappings().all()])
 
 
+def _run_all(batch: Sequence[Callable[[Connection], object]], conn: Connection) -> None:
+    for fn in batch:
+        fn(conn)
+
+
 def _insert_run(conn: Connection, run: StepRun) -> int:
-    pk = conn.execute(_INSERT_RUN, _row(run, skip_id=True)).inserted_primary_key
+    return _insert_run_row(conn, _row(run, skip_id=True))
+
+
+def _insert_run_row(conn: Connection, row: Mapping[str, Any]) -> int:
+    pk = conn.execute(_INSERT_RUN, row).inserted_primary_key
     assert pk is not None
     return int(pk[0])
 
