@@ -353,3 +353,54 @@ async def test_plugin_file_with_nul_is_a_client_error(start_server) -> None:  # 
                         json={"kind": "pipeline", "name": "nul", "file": "x\u0000.py", "attr": "P"})
     assert r["_status"] == 422 and r["code"] == 1005, r
 
+
+
+# ------------------------------------------------------- waiting for a state instead of polling it
+
+
+async def test_wait_for_answers_the_moment_the_state_is_reached(start_server) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server()
+    gate = asyncio.Event()
+
+    async def held(ctx: StepContext) -> None:
+        await gate.wait()
+
+    register_pipeline(live, "gated", [("hold", Phase.PIPELINE, held), ("deploy", Phase.DEPLOYING, _create)])
+    sid = (await live.call("POST", "/api/v1/modserv/deploy", json={**DEPLOY, "pipeline": "gated"}))["data"]["serviceId"]
+    waiting = asyncio.ensure_future(live.call("GET", f"/api/v1/modserv/{sid}?waitFor=running&timeout=20", expect=200))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # nothing changed yet: the call is still waiting
+    gate.set()
+    body = await asyncio.wait_for(waiting, 5)
+    assert body["data"]["state"] == "running" and body["data"]["replicas"]["ready"] == 1
+
+
+async def test_wait_for_returns_on_failure_and_on_timeout(start_server) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server()
+    gate = asyncio.Event()
+
+    async def held_then_fails(ctx: StepContext) -> None:
+        await gate.wait()
+        raise PermanentStepError("model file not found: /models/x")
+
+    register_pipeline(live, "doomed", [("hold", Phase.PIPELINE, held_then_fails)])
+    sid = (await live.call("POST", "/api/v1/modserv/deploy", json={**DEPLOY, "pipeline": "doomed"}))["data"]["serviceId"]
+    t0 = time.monotonic()
+    body = await live.call("GET", f"/api/v1/modserv/{sid}?waitFor=running&timeout=0.2", expect=200)
+    assert body["data"]["state"] == "pipeline_running" and time.monotonic() - t0 >= 0.2  # timed out: as it is now
+    waiting = asyncio.ensure_future(live.call("GET", f"/api/v1/modserv/{sid}?waitFor=running", expect=200))
+    await asyncio.sleep(0.1)
+    gate.set()
+    body = await asyncio.wait_for(waiting, 5)  # a failed service will not get to running by itself
+    assert body["data"]["state"] == "failed" and "model file not found" in body["data"]["reason"]
+
+
+@pytest.mark.parametrize("query, message", [
+    ("waitFor=runnning", "waitFor takes states separated by commas"),
+    ("waitFor=running&timeout=301", "timeout"),
+])
+async def test_wait_for_bad_input(start_server, query: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server()
+    sid = (await live.call("POST", "/api/v1/modserv/deploy", json=DEPLOY))["data"]["serviceId"]
+    body = await live.call("GET", f"/api/v1/modserv/{sid}?{query}")
+    assert body["_status"] in (400, 422) and body["code"] == 1001 and message in body["message"], body

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modserv_shim import __version__
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.manager import ServiceManager
-from modserv_shim.errors import ERROR_TABLE, PluginNotFound
+from modserv_shim.errors import ERROR_TABLE, PluginNotFound, ValidationFailed
 from modserv_shim.server import envelope, views
 from modserv_shim.server.auth import Principal, Role, TokenTable, require
 from modserv_shim.spec import DeploySpec
@@ -54,6 +54,18 @@ Who = Annotated[Principal, Depends(principal)]
 API = "/api/v1"
 
 ERROR_CODES_DOC = "\n".join(f"| {e.code} | {e.http_status} | {e.__name__} |" for e in ERROR_TABLE)
+
+
+MAX_WAIT = 300.0
+
+
+def _states(text: str) -> list[State]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {s.value for s in State}]
+    if unknown or not names:
+        raise ValidationFailed(f"waitFor takes states separated by commas ({', '.join(s.value for s in State)});"
+                               f" got {text!r}")
+    return [State(n) for n in names]
 
 
 def create_app(
@@ -114,9 +126,18 @@ def create_app(
         return envelope.ok([views.service(r) for r in await manager.list_services(state)])
 
     @app.get(f"{API}/modserv/{{service_id}}", tags=["services"])
-    async def get_service(service_id: str, who: Who) -> JSONResponse:
+    async def get_service(
+        service_id: str,
+        who: Who,
+        wait_for: Annotated[str | None, Query(
+            alias="waitFor", description="Comma-separated states: answer once the service is in one of them"
+            " (or failed, or terminated), or after `timeout` seconds, whatever comes first.")] = None,
+        timeout: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds `waitFor` may wait.")] = 30.0,
+    ) -> JSONResponse:
         require(who, Role.VIEWER, "reading a service")
-        return envelope.ok(views.service(await manager.get(service_id)))
+        if wait_for is None:
+            return envelope.ok(views.service(await manager.get(service_id)))
+        return envelope.ok(views.service(await manager.wait_for_state(service_id, _states(wait_for), timeout)))
 
     @app.get(f"{API}/modserv/{{service_id}}/pipeline", tags=["services"])
     async def get_pipeline(service_id: str, who: Who) -> JSONResponse:
