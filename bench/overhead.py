@@ -133,7 +133,7 @@ def main() -> int:
     port = free_port()
     log = (work / "server.log").open("wb")
     server = subprocess.Popen([str(Path(sys.executable).parent / "model-serve-shim"), f"--port={port}",
-                               f"--data-dir={work / 'data'}", "--log-level=warning"], stdout=log, stderr=log)
+                               f"--data-dir={work / 'data'}"], stdout=log, stderr=log)  # default log level: info
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         wait_until(lambda: ok(f"http://127.0.0.1:{port}/healthz"), 60)

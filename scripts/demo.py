@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +93,28 @@ def main() -> int:
         sid = accepted["serviceId"]
         console.print(f"  serviceId   {sid}\n  totalSteps  {accepted['totalSteps']}\n")
 
-        seen_logs, last_state, t0 = 0, None, time.monotonic()
+        states = ["initializing", "pipeline_running", "deploying", "health_checking", "running", "degraded"]
+        shown: set[tuple[str, str]] = set()
+        t0 = datetime.fromisoformat(api(client, "GET", f"/api/v1/modserv/{sid}")["createdAt"])
+        state = "initializing"
         while True:
-            svc = api(client, "GET", f"/api/v1/modserv/{sid}")
-            logs = api(client, "GET", f"/api/v1/modserv/{sid}/pipeline/logs")["logs"]
-            for line in logs[seen_logs:]:
-                console.print(f"    [dim]{line['step']:<20}[/] {line['message']}")
-            seen_logs = len(logs)
-            if svc["state"] != last_state:
-                console.print(f"[bold cyan]{time.monotonic() - t0:6.1f}s  state: {svc['state']}[/]"
-                              + (f"  ({svc['reason']})" if svc["reason"] else ""))
-                last_state = svc["state"]
-            if svc["state"] in ("running", "failed", "degraded"):
+            # a long poll: answers at the next state change, or after 0.25 s to show new log lines
+            others = ",".join(s for s in states if s != state)
+            svc = api(client, "GET", f"/api/v1/modserv/{sid}?waitFor={others}&timeout=0.25")
+            state = svc["state"]
+            # every state change (events) and step log line, in the order they happened; lines newer
+            # than the last event wait for the next round (their event may not be fetched yet)
+            events = [(e["ts"], f"[bold cyan]state: {e['to']}[/]" + (f"  ({e['reason']})" if e["reason"] else ""))
+                      for e in api(client, "GET", f"/api/v1/modserv/{sid}/events")]
+            logs = [(x["ts"], f"    [dim]{x['step']:<20}[/] {x['message']}")
+                    for x in api(client, "GET", f"/api/v1/modserv/{sid}/pipeline/logs")["logs"]]
+            final = state in ("running", "failed", "degraded")
+            for ts, text in sorted(events + logs):
+                if (ts, text) not in shown and (final or ts <= events[-1][0]):
+                    shown.add((ts, text))
+                    console.print(f"{(datetime.fromisoformat(ts) - t0).total_seconds():6.2f}s {text}")
+            if final:
                 break
-            time.sleep(0.25)
         if svc["state"] != "running":
             raise SystemExit(f"deploy ended {svc['state']}: {svc['reason']}")
 

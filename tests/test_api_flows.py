@@ -174,6 +174,18 @@ async def test_plugins_listed_with_capabilities(start_server) -> None:  # type: 
     assert "local" in shimlets and "opensourcellm" in pipelines
 
 
+async def test_default_plugins_start_with_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The first deploy must not wait for the default shimlet and pipeline to be imported and started."""
+    live: Live = await start_server()
+    reg = live.server.manager.registry
+
+    async def started() -> bool:
+        return all(reg.entry(k, "fake").instance is not None for k in ("shimlet", "pipeline"))
+
+    await wait_for(started)
+    assert reg.entry("shimlet", "local").instance is None  # the others start on first use
+
+
 async def test_health_metrics_and_openapi(start_server) -> None:  # type: ignore[no-untyped-def]
     live: Live = await start_server()
     assert (await live.call("GET", "/healthz", expect=200))["data"]["status"] == "ok"

@@ -384,7 +384,8 @@ async def test_wait_for_returns_on_failure_and_on_timeout(start_server) -> None:
         raise PermanentStepError("model file not found: /models/x")
 
     register_pipeline(live, "doomed", [("hold", Phase.PIPELINE, held_then_fails)])
-    sid = (await live.call("POST", "/api/v1/modserv/deploy", json={**DEPLOY, "pipeline": "doomed"}))["data"]["serviceId"]
+    body = await live.call("POST", "/api/v1/modserv/deploy", json={**DEPLOY, "pipeline": "doomed"})
+    sid = body["data"]["serviceId"]
     t0 = time.monotonic()
     body = await live.call("GET", f"/api/v1/modserv/{sid}?waitFor=running&timeout=0.2", expect=200)
     assert body["data"]["state"] == "pipeline_running" and time.monotonic() - t0 >= 0.2  # timed out: as it is now

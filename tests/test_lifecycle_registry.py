@@ -91,3 +91,25 @@ async def test_entry_point_plugins_are_registered_and_broken_ones_reported(
     assert refused["local"] == "name 'local' is taken by a built-in shimlet"
     assert reg.entry("shimlet", "local").source == "builtin"
     sys.modules.pop("acme_plugins", None)
+
+
+async def test_two_first_uses_at_once_start_one_instance(tmp_path: Path) -> None:
+    """Two deploys arriving together on a fresh server must share one shimlet, not start two."""
+    import asyncio
+
+    from tests.doubles.fake_shimlet import FakeShimlet
+
+    started: list[object] = []
+
+    class SlowStart(FakeShimlet):  # TEST DOUBLE: a start() that takes a while (a cluster connection)
+        async def start(self) -> None:
+            await asyncio.sleep(0.05)
+            started.append(self)
+
+        async def close(self) -> None:
+            return None
+
+    reg = Registry(RegistryConfig(tmp_path, tmp_path / "plugins"))
+    reg.register("shimlet", "slow", SlowStart, "builtin")
+    a, b = await asyncio.gather(reg.shimlet("slow"), reg.shimlet("slow"))
+    assert a is b and started == [a]

