@@ -175,6 +175,7 @@ def main() -> int:
             "median_control_plane_ms": ms(statistics.median(control)),
             "control_plane_range_ms": [ms(min(control)), ms(max(control))],
             "median_phase_ms": {k: ms(statistics.median(p[k] for p in phases[arm])) for k in PHASES},
+            "phases_ms": [{k: ms(v) for k, v in p.items()} for p in phases[arm]],
         }
     print(json.dumps(result, indent=2))
     print("\n| client | median by hand | median through the shim | difference of medians"

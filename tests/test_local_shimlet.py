@@ -526,3 +526,31 @@ async def test_sigkill_of_the_shim_leaves_the_server_running(make_shimlet: MakeS
     assert pids(status) == [server_pid]
     await shimlet.delete("orphan")
     assert await gone(server_pid)
+
+
+async def test_start_stops_a_server_no_state_file_recorded(make_shimlet: MakeShimlet, tmp_path: Path) -> None:
+    """A crash between the spawn and the first save of the state file leaves a server no record names;
+    the next start finds it by its owner variable and stops it (and leaves other owners' alone)."""
+    from modserv_shim.shimlets.local import procfs
+
+    shimlet = await make_shimlet()
+    root = str(shimlet.root)
+    await shimlet.close()
+
+    def spawn(owner: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, OWNER_VAR: OWNER, procfs.OWNER_ENV: owner}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env,
+                                start_new_session=True)
+
+    unrecorded, foreign = spawn(root), spawn(str(tmp_path / "another-shim"))
+    try:
+        await asyncio.sleep(0.2)
+        again = await make_shimlet()
+        assert again.resource_ids() == []
+        assert await gone(unrecorded.pid), "the unrecorded server of ours was left running"
+        assert running(foreign.pid), "a server of another owner was stopped"
+    finally:
+        for p in (unrecorded, foreign):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

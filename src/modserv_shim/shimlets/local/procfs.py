@@ -15,6 +15,14 @@ unavailable (old kernel, seccomp) it falls back to polling every
 
 Replicas run in their own session, so their process group id equals the
 leader's pid; signals go to the whole group to reach worker processes too.
+
+Every replica also carries an environment variable naming its owner (the
+shimlet's state directory, :data:`OWNER_ENV`).  Reading ``/proc/<pid>/stat``
+right after the spawn can wait several milliseconds while the new program
+maps its libraries, so the start time is read on a worker thread and saved a
+moment later; a crash of the shim in that moment leaves a process no state
+file knows, and the next start finds it by its owner variable
+(:func:`owned_leaders`) and stops it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,33 @@ def read_stat(pid: int) -> ProcStat | None:
     # The command name (field 2) is in parentheses and may itself contain ") ".
     rest = raw[raw.rfind(")") + 2 :].split()
     return ProcStat(pid=pid, state=rest[0], pgrp=int(rest[2]), start_time=int(rest[19]))
+
+
+OWNER_ENV = "MODSERV_SHIM_OWNER"
+
+
+def owner_of(pid: int) -> str | None:
+    """The :data:`OWNER_ENV` value in the process's initial environment, if it is readable."""
+    try:
+        raw = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return None
+    prefix = OWNER_ENV.encode() + b"="
+    for item in raw.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "replace")
+    return None
+
+
+def owned_leaders(owner: str) -> list[int]:
+    """Running process-group leaders started with ``OWNER_ENV=owner`` (replicas, not their workers)."""
+    found = []
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit():
+            stat = read_stat(int(entry.name))
+            if stat is not None and stat.pgrp == stat.pid and _running(stat) and owner_of(stat.pid) == owner:
+                found.append(stat.pid)
+    return found
 
 
 def _running(stat: ProcStat | None) -> bool:

@@ -70,6 +70,7 @@ class ReplicaEnv:
     log_dir: Path
     pick_port: Callable[[ReplicaRecord], int]
     changed: Callable[[], None]  # persist the state and publish the new status
+    owner: str  # procfs.OWNER_ENV of our processes: finds them even if no state file names them
 
 
 class Replica:
@@ -155,6 +156,8 @@ class Replica:
                     async with self._spawn_lock:
                         if self._stopping or not self._start_process():
                             return
+                if self.record.start_time is None:
+                    await self._record_identity()
                 code = await self._run_until_exit()
                 delay = self._after_exit(code)
                 if delay is None:
@@ -180,7 +183,7 @@ class Replica:
         record.argv = launch.argv(self.env.options.host, record.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered Python output, so the log (and a FAILED reason) shows the last words.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **launch.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **launch.env, procfs.OWNER_ENV: self.env.owner}
         with self.log_path.open("ab") as log_file:
             log_file.write(logfiles.marker(self.index, record.argv))
             log_file.flush()
@@ -198,11 +201,19 @@ class Replica:
                 raise
         self._child = child
         record.pid = child.pid
-        record.start_time = procfs.start_time(child.pid)
+        record.start_time = None  # read by the supervising task, off the event loop (see procfs)
         record.started_at = time.time()
         self.phase = ReplicaPhase.STARTING
         self._started = time.monotonic()
         self._ready_at = None
+
+    async def _record_identity(self) -> None:
+        """Read the new process's start time on a worker thread, then save the record."""
+        pid = self.record.pid
+        assert pid is not None
+        started = await asyncio.to_thread(procfs.start_time, pid)
+        if self.record.pid == pid:
+            self.record.start_time = started
         self.env.changed()
 
     async def _run_until_exit(self) -> int | None:

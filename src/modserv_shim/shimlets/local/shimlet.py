@@ -44,6 +44,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import sys
 import weakref
 from collections.abc import AsyncIterator
@@ -120,6 +121,16 @@ class LocalShimlet:
             self._started = True
             for record in self._store.load_all():
                 self._adopt(record)
+            self._stop_unrecorded()
+
+    def _stop_unrecorded(self) -> None:
+        """Stop model servers an earlier run started but crashed before recording (see procfs)."""
+        known = {r.record.pid for res in self._resources.values() for r in res.replicas.values()}
+        for pid in procfs.owned_leaders(str(self.root)):
+            if pid not in known:
+                log.warning("local shimlet: stopping model server pid %d: started by an earlier run that stopped"
+                            " before recording it", pid)
+                procfs.signal_group(pid, signal.SIGKILL)
 
     async def close(self) -> None:
         """Stop monitoring; leave every model server running for the next ``start``."""
@@ -267,6 +278,7 @@ class LocalShimlet:
             log_dir=self._store.resource_dir(rid),
             pick_port=self._pick_port,
             changed=functools.partial(self._changed, rid),
+            owner=str(self.root),
         )
         resource = self._resources[rid] = _Resource(record, env)
         for replica_record in record.replicas:
@@ -283,6 +295,8 @@ class LocalShimlet:
                 continue
             problem = None
             rec = replica.record
+            if rec.pid is not None and rec.start_time is None and procfs.owner_of(rec.pid) == str(self.root):
+                rec.start_time = procfs.start_time(rec.pid)  # saved before its start time was read
             if rec.pid is not None and not procfs.is_ours(rec.pid, rec.start_time):
                 log.info("local shimlet: %s replica %d (pid %s) is gone", record.resource_id, rec.index, rec.pid)
                 replica.forget_process()  # and kill the workers it may have left behind
