@@ -142,3 +142,28 @@ def test_running_service_is_reattached_not_recreated(server: ServerProcess) -> N
     assert (server.data_dir / "fake-shimlet.json").read_text() == created  # same workload record
     events = server.api("GET", f"/api/v1/modserv/{sid}/events")
     assert [e["to"] for e in events].count("running") == 1
+
+
+def test_stop_answers_pending_wait_for_at_once(server: ServerProcess, tmp_path: Path) -> None:
+    """SIGTERM while a client waits (?waitFor=running&timeout=120): the client gets its answer and the
+    server is gone in seconds, not after the wait's timeout."""
+    import threading
+
+    server.start()
+    load_doubles(server)
+    spec = {**DEPLOY, "shimlet": "fake", "pipeline": "fake", "env": {"FAKE_GATE_DEPLOY": str(tmp_path / "never")}}
+    sid = server.api("POST", "/api/v1/modserv/deploy", json=spec)["serviceId"]
+    server.wait(lambda: server.api("GET", f"/api/v1/modserv/{sid}")["state"] == "deploying")
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(
+        httpx.get(f"{server.url}/api/v1/modserv/{sid}?waitFor=running&timeout=120", timeout=130)))
+    waiting.start()
+    time.sleep(0.5)
+    assert not answers  # still waiting
+    assert server.proc is not None
+    t0 = time.monotonic()
+    server.proc.terminate()
+    server.proc.wait(30)
+    waiting.join(5)
+    assert time.monotonic() - t0 < 8
+    assert answers and answers[0].status_code == 200 and answers[0].json()["data"]["state"] == "deploying"

@@ -130,6 +130,58 @@ async def test_write_behind_keeps_order_and_read_your_writes(store: Store) -> No
     assert [(r.step, r.status) for r in await store.list_step_runs("m-1")] == [("a", "succeeded")]
 
 
+async def test_write_behind_flush_in_flight_then_durable_write_keeps_order(store: Store) -> None:
+    import asyncio
+
+    rec = svc()
+    await store.insert_service(rec)
+    for old, to in (("initializing", "pipeline_running"), ("pipeline_running", "deploying")):
+        rec.state = State(to)
+        await store.save_transition(rec, Event(rec.id, time.time(), old, to, None, "o"), durable=False)
+    background = asyncio.ensure_future(store.flush())  # as the write-behind timer does
+    await asyncio.sleep(0)
+    rec.state, rec.reason = State.FAILED, "boom"
+    await store.save_transition(rec, Event(rec.id, time.time(), "deploying", "failed", "boom", "o"))
+    await background
+    got = await store.get_service("m-1")
+    assert got is not None and got.state is State.FAILED
+    assert [e.to_state for e in await store.list_events("m-1")] == [
+        "initializing", "pipeline_running", "deploying", "failed"]
+
+
+async def test_a_cancelled_writer_does_not_take_queued_writes_with_it(store: Store) -> None:
+    import asyncio
+
+    a, b = svc(1), svc(2)
+    await store.insert_service(a)
+    await store.insert_service(b)
+    b.state = State.PIPELINE_RUNNING
+    await store.save_transition(b, Event(b.id, time.time(), "initializing", "pipeline_running", None, "o"),
+                                durable=False)
+    writer = asyncio.ensure_future(store.update_service("m-1", resource_id="r-1"))
+    await asyncio.sleep(0)
+    writer.cancel()  # e.g. a delete cancelling the step that was recording its resource
+    await asyncio.gather(writer, return_exceptions=True)
+    got = await store.get_service("m-2")
+    assert got is not None and got.state is State.PIPELINE_RUNNING
+
+
+async def test_a_queued_record_that_cannot_be_written_costs_only_itself(store: Store) -> None:
+    """(On PostgreSQL the log level below is longer than its column; SQLite stores it.)"""
+    a = svc(1)
+    await store.insert_service(a)
+    await store.finish_step_run(StepRun("m-1", "a", 1, RunStatus.SUCCEEDED, time.time(), "o"),
+                                [StepLog("m-1", "a", 1, time.time(), "warning-deprecated-x", "odd level")],
+                                {"current_step": 1}, durable=False)
+    a.state = State.PIPELINE_RUNNING
+    await store.save_transition(a, Event(a.id, time.time(), "initializing", "pipeline_running", None, "o"),
+                                durable=False)
+    await store.insert_service(svc(2))  # another user's deploy must not fail for it
+    assert await store.get_service("m-2") is not None
+    got = await store.get_service("m-1")
+    assert got is not None and got.state is State.PIPELINE_RUNNING
+
+
 async def test_write_behind_reaches_the_database_by_itself_and_on_close(tmp_path: Path) -> None:
     import asyncio
     import sqlite3
@@ -208,6 +260,18 @@ async def test_sqlite_locked_by_another_process_waits_without_blocking_the_serve
         other.close()
     await asyncio.wait_for(write, 10)
     assert (await s.get_service("m-1")) is not None
+    await s.close()
+
+
+async def test_in_memory_sqlite_keeps_every_transaction_whole() -> None:
+    """sqlite:// (a private in-memory database): one connection, never shared with a worker thread."""
+    s = Store("sqlite://")
+    await s.open()
+    for i in range(600):  # past the WAL checkpoint interval of a file database
+        await s.insert_service(svc(i))
+    assert len(await s.list_services()) == 600
+    for i in (0, 299, 599):
+        assert len(await s.list_events(f"m-{i}")) == 1
     await s.close()
 
 

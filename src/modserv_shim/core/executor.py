@@ -198,19 +198,26 @@ class _Context:
         )
         log.log(_LEVELS.get(level, 20), message, service_id=self._rec.id, step=self._step.name,
                 attempt=self._attempt, **fields)
-        if self._flusher is None or self._flusher.done():
+        if self._flusher is None or self._flusher.done():  # a failed one's lines are still pending
             # Lines of a long step reach the store within LOG_FLUSH_DELAY; a quick step's go with its end.
             self._flusher = _Deferred(LOG_FLUSH_DELAY, self._flush)
 
     async def _flush(self) -> None:
         while self.pending_logs:
             batch, self.pending_logs = self.pending_logs, []
-            await self._ex.recorder.add_step_logs(batch)
+            try:
+                await self._ex.recorder.add_step_logs(batch)
+            except BaseException:  # back in the queue: they go with the step's end
+                self.pending_logs[:0] = batch
+                raise
 
     async def drain_logs(self) -> list[StepLog]:
         """Stop background flushing (waiting for a write in progress) and return the lines not stored yet."""
         if self._flusher is not None:
-            await self._flusher.settle()
+            failure = await self._flusher.settle()
+            if failure is not None:
+                log.warning("writing a step's log lines failed; they are written with the step's end",
+                            service_id=self._rec.id, step=self._step.name, error=str(failure))
         batch, self.pending_logs = self.pending_logs, []
         return batch
 
@@ -271,7 +278,7 @@ class _Deferred:
         self._timer.cancel()
         if self._task is None:
             return None
-        await asyncio.wait([self._task])  # never raises, not even if the caller is being cancelled
+        await asyncio.wait([self._task])
         return None if self._task.cancelled() else self._task.exception()
 
 

@@ -100,11 +100,27 @@ class ServiceManager:
         self._warm_up: asyncio.Task[None] | None = None
         self._closing = False
         self._state_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._stopping_waits = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --------------------------------------------------------------- start/stop
 
+    def stop_waiting(self) -> None:
+        """Answer every pending ``waitFor`` now (the server is stopping).  Safe from a signal handler
+        or another thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._stopping_waits = True
+        for waiters in self._state_waiters.values():
+            for woken in waiters:
+                if not woken.done():
+                    woken.set_result(None)
+
     async def start(self) -> None:
         """Reload hot-loaded plugins and resume every service that is not terminated."""
+        self._loop = asyncio.get_running_loop()
         interrupted = await self.store.interrupt_running_steps()
         if interrupted:
             log.warning("resuming after an unclean stop", interrupted_steps=interrupted)
@@ -171,7 +187,7 @@ class ServiceManager:
         stop = {*states, State.FAILED, State.TERMINATED}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while rec.state not in stop and rec.id in self._live:
+        while rec.state not in stop and rec.id in self._live and not self._stopping_waits:
             woken: asyncio.Future[None] = loop.create_future()
             waiters = self._state_waiters.setdefault(rec.id, set())
             waiters.add(woken)

@@ -86,6 +86,24 @@ def build(settings: Settings, registry: Registry | None = None, **manager_kwargs
     return Server(settings, app, manager)
 
 
+GRACEFUL_SHUTDOWN = 10  # seconds open requests may take to finish once the server is told to stop
+
+
+class _Uvicorn(uvicorn.Server):
+    """Answers pending ``waitFor`` long polls as soon as the server is told to stop, instead of
+    letting them hold up the shutdown for their whole timeout."""
+
+    def __init__(self, config: uvicorn.Config, manager: ServiceManager) -> None:
+        super().__init__(config)
+        self.manager = manager
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self.manager.stop_waiting()
+
+
 def serve(server: Server) -> None:
     s = server.settings
-    uvicorn.run(server.app, host=s.host, port=s.port, log_level=s.log_level.lower(), access_log=False)
+    config = uvicorn.Config(server.app, host=s.host, port=s.port, log_level=s.log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
+    _Uvicorn(config, server.manager).run()

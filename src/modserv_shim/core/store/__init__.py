@@ -23,6 +23,7 @@ workload, a failure, a delete) is written durably, before the call returns.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +75,8 @@ class Store:
         self._backend: Backend | None = None
         self._pending: list[Callable[[Connection], object]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flush_lock = asyncio.Lock()
+        self._order = asyncio.Lock()  # writes (queued ones first) reach the backend one at a time, in order
+        self._inflight: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -108,17 +110,25 @@ class Store:
     async def close(self) -> None:
         if self._backend is not None:
             await self.flush()
+            await asyncio.gather(*self._background, return_exceptions=True)
             await self._backend.close()
             self._backend = None
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` in one transaction, after the queued writes (for operations this
-        class does not have)."""
-        await self.flush()
-        return await self.backend.write(fn)
+        class does not have).  Writes land in the order they were asked for."""
+        async with self._order:
+            await self._drain()
+            return await self.backend.write(fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
-        await self.flush()
+        """Read-your-writes: queued writes are written first.  A durable write of another caller
+        in progress is not waited for (it may be waiting for another process's lock)."""
+        if self._pending:
+            async with self._order:
+                await self._drain()
+        elif self._inflight is not None and not self._inflight.done():
+            await asyncio.shield(self._inflight)
         return await self.backend.read(fn)
 
     async def _write(self, fn: Callable[[Connection], object], durable: bool) -> None:
@@ -130,16 +140,37 @@ class Store:
             self._flush_timer = asyncio.get_running_loop().call_later(WRITE_BEHIND, self._flush_later)
 
     async def flush(self) -> None:
-        """Write what is queued (write-behind), in order, in one transaction."""
+        """Write what is queued (write-behind), in order."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self._pending:
-            return
-        async with self._flush_lock:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self.backend.write(functools.partial(_run_all, batch))
+        if self._pending or self._order.locked():
+            async with self._order:
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """With ``_order`` held: write the queue.  The batch is written by a task of its own that a
+        cancelled caller leaves running; it leaves the queue only once it is written (or given up)."""
+        while self._pending:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._write_queued(list(self._pending)))
+            await asyncio.shield(self._inflight)
+
+    async def _write_queued(self, batch: list[Callable[[Connection], object]]) -> None:
+        """One transaction for the batch; if it fails, one per record, so that a record that cannot be
+        written costs only itself (logged and dropped: lost progress, the step runs again after a
+        restart).  Never raises: the failure belongs to no caller."""
+        try:
+            await self.backend.write(functools.partial(_run_all, batch))
+        except Exception:
+            for fn in batch:
+                try:
+                    await self.backend.write(fn)
+                except Exception as exc:
+                    log.error("a queued progress record could not be written; it is lost",
+                              error=f"{type(exc).__name__}: {exc}")
+        finally:
+            del self._pending[: len(batch)]
 
     def _flush_later(self) -> None:
         self._flush_timer = None
@@ -150,16 +181,19 @@ class Store:
     async def _flush_logged(self) -> None:
         try:
             await self.flush()
-        except Exception as exc:  # lost progress only: the steps run again after a restart
+        except Exception as exc:  # the store is closed or gone: lost progress only
             log.error("writing queued progress records failed; they are lost", error=f"{type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- services
 
     async def insert_service(self, rec: ServiceRecord) -> None:
+        row = _row(rec)
+        event = {"service_id": rec.id, "ts": rec.created_at, "from_state": None, "to_state": rec.state.value,
+                 "reason": None, "operator": rec.operator}
+
         def op(conn: Connection) -> None:
-            conn.execute(_INSERT_SERVICE, _row(rec))
-            conn.execute(_INSERT_EVENT, {"service_id": rec.id, "ts": rec.created_at, "from_state": None,
-                                         "to_state": rec.state.value, "reason": None, "operator": rec.operator})
+            conn.execute(_INSERT_SERVICE, row)
+            conn.execute(_INSERT_EVENT, event)
 
         await self.write(op)
 
@@ -180,7 +214,8 @@ class Store:
         fields["updated_at"] = now()
         if isinstance(fields.get("state"), State):
             fields["state"] = fields["state"].value
-        await self.write(lambda conn: conn.execute(_UPDATE_SERVICE, {"_id": service_id, **fields}))
+        values = copy.deepcopy({"_id": service_id, **fields})
+        await self.write(lambda conn: conn.execute(_UPDATE_SERVICE, values))
 
     async def save_transition(self, rec: ServiceRecord, ev: Event, *, durable: bool = True, **fields: Any) -> None:
         """Persist the record's new state/reason (and any other ``fields``) together with its event."""
@@ -201,7 +236,8 @@ class Store:
     # --------------------------------------------------------------- step runs
 
     async def add_step_run(self, run: StepRun) -> int:
-        run.id = await self.write(lambda conn: _insert_run(conn, run))
+        row = _row(run, skip_id=True)
+        run.id = await self.write(lambda conn: _insert_run_row(conn, row))
         return run.id
 
     async def finish_step_run(
@@ -212,7 +248,7 @@ class Store:
         service's progress, in one transaction.  With ``durable=False``, ``run.id`` stays None."""
         log_rows = [_row(x, skip_id=True) for x in logs]
         run_row = _row(run, skip_id=True)
-        service = {"_id": run.service_id, **progress, "updated_at": now()} if progress else None
+        service = copy.deepcopy({"_id": run.service_id, **progress, "updated_at": now()}) if progress else None
         run_id = run.id
 
         def op(conn: Connection) -> int | None:
@@ -290,10 +326,6 @@ class Store:
 def _run_all(batch: Sequence[Callable[[Connection], object]], conn: Connection) -> None:
     for fn in batch:
         fn(conn)
-
-
-def _insert_run(conn: Connection, run: StepRun) -> int:
-    return _insert_run_row(conn, _row(run, skip_id=True))
 
 
 def _insert_run_row(conn: Connection, row: Mapping[str, Any]) -> int:

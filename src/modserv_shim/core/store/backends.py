@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 T = TypeVar("T")
+log = structlog.get_logger("modserv_shim.store")
 
 BUSY_TIMEOUT = 30.0  # seconds a worker thread waits for a lock held by another process
 CHECKPOINT_EVERY = 500  # write transactions between two WAL checkpoints
@@ -71,12 +73,13 @@ def is_sqlite(url: str) -> bool:
 class SQLiteBackend:
     def __init__(self, url: str) -> None:
         u = make_url(url).set(drivername="sqlite")  # sqlite+aiosqlite:// URLs of earlier versions still work
-        memory = u.database in (None, "", ":memory:")
-        kwargs: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
+        # A private in-memory database: one connection, no other process, no WAL, no worker thread.
+        self.memory = u.database in (None, "", ":memory:")
+        kwargs: dict[str, Any] = {"poolclass": StaticPool} if self.memory else {}
         # on the loop: never wait for a lock
         self.loop_engine = self._engine(u, 0.0, kwargs)
-        # on a worker thread: wait for another process's lock (one connection shared with the loop for :memory:)
-        self.thread_engine = self.loop_engine if memory else self._engine(u, BUSY_TIMEOUT, kwargs)
+        # on a worker thread: wait for another process's lock
+        self.thread_engine = self.loop_engine if self.memory else self._engine(u, BUSY_TIMEOUT, kwargs)
         self._write_lock = asyncio.Lock()
         self._writes = 0
         self._checkpoint: asyncio.Task[None] | None = None
@@ -93,12 +96,14 @@ class SQLiteBackend:
                 with self.loop_engine.begin() as conn:
                     result = fn(conn)
             except OperationalError as exc:
-                if not _locked(exc):
+                if self.memory or not _locked(exc):
                     raise
-                result = await asyncio.to_thread(self._write_waiting, fn)
+                result = await _finish_even_if_cancelled(asyncio.to_thread(self._write_waiting, fn))
             self._writes += 1
-            if self._writes % CHECKPOINT_EVERY == 0 and (self._checkpoint is None or self._checkpoint.done()):
-                self._checkpoint = asyncio.create_task(asyncio.to_thread(self._wal_checkpoint))
+            if (not self.memory and self._writes % CHECKPOINT_EVERY == 0
+                    and (self._checkpoint is None or self._checkpoint.done())):
+                self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self._wal_checkpoint))
+                self._checkpoint.add_done_callback(_log_checkpoint_failure)
             return result
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
@@ -106,7 +111,7 @@ class SQLiteBackend:
             with self.loop_engine.connect() as conn:
                 return fn(conn)
         except OperationalError as exc:
-            if not _locked(exc):
+            if self.memory or not _locked(exc):
                 raise
             return await asyncio.to_thread(self._read_waiting, fn)
 
@@ -128,6 +133,23 @@ class SQLiteBackend:
                 await self._checkpoint
         self.loop_engine.dispose()
         self.thread_engine.dispose()
+
+
+async def _finish_even_if_cancelled(work: Awaitable[T]) -> T:
+    """Await ``work``; if the caller is cancelled meanwhile, still wait for it to end (it runs on a
+    thread that cannot be stopped) before letting the cancellation through, so that the write lock
+    is not handed to the next write while this one is still going."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def _log_checkpoint_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("SQLite WAL checkpoint failed; the next one tries again", error=str(task.exception()))
 
 
 def _locked(exc: OperationalError) -> bool:

@@ -25,6 +25,7 @@ so a Ctrl-C or a SIGKILL of the shim does not reach it either.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -49,6 +50,14 @@ from modserv_shim.shimlets.local.state import ReplicaRecord
 log = logging.getLogger(__name__)
 
 HTTP_PROBE_MAX_INTERVAL = 0.5  # a server that listens but is not ready yet (loading) is asked at most this often
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class ReplicaPhase(StrEnum):
@@ -172,7 +181,7 @@ class Replica:
     def _start_process(self) -> bool:
         try:
             self._spawn()
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a bad launch spec (a non-string env value): give up, in words
             self._give_up(f"replica {self.index} could not be started: {exc}")
             return False
         return True
@@ -264,14 +273,18 @@ class Replica:
 
     async def _accepts(self) -> bool:
         """Does something accept TCP connections on the replica's port?"""
-        host = self.env.options.probe_host
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setblocking(False)
-            try:
-                async with asyncio.timeout(self.env.options.probe_timeout):
-                    await asyncio.get_running_loop().sock_connect(sock, (host, self.record.port))
-            except (OSError, TimeoutError):
-                return False
+        host, port = self.env.options.probe_host, self.record.port
+        try:
+            async with asyncio.timeout(self.env.options.probe_timeout):
+                if not _is_ip(host):  # a name (localhost may be ::1 first): let asyncio try every address
+                    _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                    return True
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.setblocking(False)
+                    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except (OSError, TimeoutError):
+            return False
         return True
 
     async def _probe(self, url: str) -> bool:
