@@ -207,9 +207,9 @@ class OpenSourceLLMPipeline:
     async def deploy(self, ctx: StepContext) -> None:
         launch = LaunchSpec.from_dict(ctx.outputs["launch"])
         rid = await ctx.shimlet.create(self._deploy_context(ctx, launch))
+        ctx.log(f"workload created on {ctx.shimlet.name}: {rid}")  # stamped when create returned
         await ctx.set_resource(rid)
         ctx.set_params(resource_id=rid, replicas=ctx.spec.replicaCount)
-        ctx.log(f"workload created on {ctx.shimlet.name}: {rid}")
 
     # -------------------------------------------------------- 4. health-check
 
