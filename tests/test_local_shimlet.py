@@ -232,6 +232,15 @@ async def test_pending_until_ready_then_endpoint_serves_chat(make_shimlet: MakeS
     assert reply.json()["choices"][0]["message"]["content"] == "fake reply to: hello"
 
 
+async def test_host_given_by_name_is_probed_and_served(make_shimlet: MakeShimlet) -> None:
+    """host=localhost: the port probe resolves the name (it may be ::1 first) instead of assuming IPv4."""
+    shimlet = await make_shimlet(host="localhost")
+    rid = await shimlet.create(fake_context("named"))
+    status = await ready(shimlet, rid)
+    assert status.endpoint is not None and status.endpoint.startswith("http://localhost:")
+    await shimlet.delete(rid)
+
+
 async def test_create_twice_starts_one_process(make_shimlet: MakeShimlet) -> None:
     shimlet = await make_shimlet()
     ctx = fake_context("once")
