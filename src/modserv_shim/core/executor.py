@@ -269,6 +269,8 @@ class _Deferred:
 
     def _fire(self) -> None:
         self._task = asyncio.ensure_future(self._work())
+        # settle() reports a failure; one that nobody settles (a replaced log flusher) must not warn
+        self._task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
     def done(self) -> bool:
         return self._task.done() if self._task is not None else self._timer.cancelled()

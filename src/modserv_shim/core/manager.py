@@ -113,10 +113,14 @@ class ServiceManager:
 
     def _wake_all(self) -> None:
         self._stopping_waits = True
-        for waiters in self._state_waiters.values():
-            for woken in waiters:
-                if not woken.done():
-                    woken.set_result(None)
+        for service_id in list(self._state_waiters):
+            self._wake(service_id)
+
+    def _wake(self, service_id: str) -> None:
+        """Let the ``waitFor`` calls on a service look at it again."""
+        for woken in self._state_waiters.get(service_id, ()):
+            if not woken.done():
+                woken.set_result(None)
 
     async def start(self) -> None:
         """Reload hot-loaded plugins and resume every service that is not terminated."""
@@ -381,9 +385,7 @@ class ServiceManager:
         self.metrics.services.labels(state=new.value).inc()
         log.info("state changed", service_id=rec.id, from_state=old.value, to_state=new.value,
                  reason=reason, operator=operator)
-        for woken in self._state_waiters.get(rec.id, ()):
-            if not woken.done():
-                woken.set_result(None)
+        self._wake(rec.id)
         if new is State.TERMINATED:
             self._live.pop(rec.id, None)
             for gauge in (self.metrics.replicas_ready, self.metrics.replicas_desired):

@@ -131,7 +131,8 @@ class Store:
             await asyncio.shield(self._inflight)
         return await self.backend.read(fn)
 
-    async def _write(self, fn: Callable[[Connection], object], durable: bool) -> None:
+    async def _submit(self, fn: Callable[[Connection], object], durable: bool) -> None:
+        """Write now (durable) or queue for write-behind."""
         if durable:
             await self.write(fn)
             return
@@ -227,7 +228,7 @@ class Store:
             conn.execute(_UPDATE_SERVICE, values)
             conn.execute(_INSERT_EVENT, event)
 
-        await self._write(op, durable)
+        await self._submit(op, durable)
 
     async def count_services(self) -> dict[str, int]:
         q = select(t.services.c.state, func.count()).group_by(t.services.c.state)
@@ -264,7 +265,7 @@ class Store:
             return new_id
 
         if not durable:
-            await self._write(op, durable=False)
+            await self._submit(op, durable=False)
             return
         new_id = await self.write(op)
         if new_id is not None:  # only once committed

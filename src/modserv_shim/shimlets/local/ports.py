@@ -9,16 +9,26 @@ and the restart picks a new port.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Collection
 
 
-def _family(host: str) -> socket.AddressFamily:
+def family(host: str) -> socket.AddressFamily:
+    """The address family of an IP literal (a host name is not resolved here)."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _bind(host: str, port: int) -> int | None:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+    with socket.socket(family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

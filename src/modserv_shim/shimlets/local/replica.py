@@ -25,7 +25,6 @@ so a Ctrl-C or a SIGKILL of the shim does not reach it either.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -42,22 +41,13 @@ import httpx
 
 from modserv_shim.errors import BackendUnavailable
 from modserv_shim.plugins import LaunchSpec
-from modserv_shim.shimlets.local import logfiles, procfs
+from modserv_shim.shimlets.local import logfiles, ports, procfs
 from modserv_shim.shimlets.local.options import LocalOptions
-from modserv_shim.shimlets.local.ports import url_host
 from modserv_shim.shimlets.local.state import ReplicaRecord
 
 log = logging.getLogger(__name__)
 
 HTTP_PROBE_MAX_INTERVAL = 0.5  # a server that listens but is not ready yet (loading) is asked at most this often
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class ReplicaPhase(StrEnum):
@@ -243,7 +233,7 @@ class Replica:
         cheap: ~0.1 ms, against ~1 ms for an HTTP request), then GET the ready path, at growing
         intervals (up to HTTP_PROBE_MAX_INTERVAL) while the server answers "not yet"."""
         opts, launch = self.env.options, self.env.launch
-        url = f"http://{url_host(opts.probe_host)}:{self.record.port}{launch.ready_path}"
+        url = f"http://{ports.url_host(opts.probe_host)}:{self.record.port}{launch.ready_path}"
         deadline = self._started + launch.startup_timeout
         listening = False
         http_interval = opts.probe_interval
@@ -276,11 +266,11 @@ class Replica:
         host, port = self.env.options.probe_host, self.record.port
         try:
             async with asyncio.timeout(self.env.options.probe_timeout):
-                if not _is_ip(host):  # a name (localhost may be ::1 first): let asyncio try every address
+                if not ports.is_ip(host):  # a name (localhost may be ::1 first): let asyncio try every address
                     _, writer = await asyncio.open_connection(host, port)
                     writer.close()
                     return True
-                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+                with socket.socket(ports.family(host), socket.SOCK_STREAM) as sock:
                     sock.setblocking(False)
                     await asyncio.get_running_loop().sock_connect(sock, (host, port))
         except (OSError, TimeoutError):
