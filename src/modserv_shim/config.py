@@ -72,6 +72,25 @@ class Settings(BaseSettings):
     delete_wait: float = Field(default=30.0, ge=0)
     log_level: str = "info"
     log_format: str = Field(default="console", pattern="^(console|json)$")
+    # --- what a request may put into a process, container or manifest (docs/SECURITY.md)
+    allowed_env: list[str] = Field(
+        default_factory=list,
+        description="Extra environment variables a deploy may set, beyond those its runtime is known to need:"
+        " exact names (HF_HUB_OFFLINE) or prefixes ending in '*' (ACME_*).",
+    )
+    allowed_runtime_args: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra runtime flags a deploy may pass, per runtime name (llama.cpp, vllm, sglang).",
+    )
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders modelFile must lie under; empty: any absolute path.",
+    )
+    max_body_bytes: int = Field(default=65536, ge=1024, le=64 * 1024 * 1024,
+                                description="Largest request body accepted (bytes).")
+    # --- TLS for the API: both or neither
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
     @classmethod
     def settings_customise_sources(

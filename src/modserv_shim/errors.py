@@ -12,6 +12,9 @@ tree is split the way a caller needs it::
     │   ├── StateConflict             1004  409  the service's state forbids the operation
     │   ├── PluginLoadError           1005  422  a plugin failed to import or breaks the contract
     │   ├── NotSupported              1006  409  the shimlet lacks that capability (scale, logs)
+    │   ├── PayloadTooLarge           1007  413  the request body is over the server's limit
+    │   ├── MethodNotAllowed          1008  405  the path exists, the method does not (Allow lists them)
+    │   ├── IdempotencyConflict       1009  409  an Idempotency-Key was used with another body
     │   ├── Unauthenticated           1401  401  no or unknown API token
     │   └── Forbidden                 1403  403  the token's role may not do this
     └── ServerError                   (5xx: something on our side or below us)
@@ -88,6 +91,23 @@ class NotSupported(ClientError):
     http_status = 409
 
 
+class PayloadTooLarge(ClientError):
+    code = 1007
+    http_status = 413
+
+
+class MethodNotAllowed(ClientError):
+    """``details`` carries the allowed methods; the HTTP layer turns them into an ``Allow`` header."""
+
+    code = 1008
+    http_status = 405
+
+
+class IdempotencyConflict(ClientError):
+    code = 1009
+    http_status = 409
+
+
 class Unauthenticated(ClientError):
     code = 1401
     http_status = 401
@@ -144,6 +164,9 @@ ERROR_TABLE: tuple[type[ShimError], ...] = (
     StateConflict,
     PluginLoadError,
     NotSupported,
+    PayloadTooLarge,
+    MethodNotAllowed,
+    IdempotencyConflict,
     Unauthenticated,
     Forbidden,
     InternalError,
