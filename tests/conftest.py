@@ -89,7 +89,8 @@ class Live:
 
 def fake_settings(tmp_path: Path, **kw: Any) -> Settings:
     base: dict[str, Any] = {"data_dir": tmp_path / "data", "shimlet": "fake", "pipeline": "fake",
-                            "port": free_port(), "poll_interval": 0.05}
+                            "port": free_port(), "poll_interval": 0.05,
+                            "allowed_env": ["FAKE_*"]}  # the test doubles are steered through FAKE_* variables
     base.update(kw)
     return Settings.load(None, **base)
 

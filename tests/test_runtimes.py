@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.plugins import LaunchSpec
 from modserv_shim.runtimes import (
@@ -19,6 +21,7 @@ from modserv_shim.runtimes import (
     get_runtime,
     select_runtime,
 )
+from modserv_shim.runtimes.llamacpp import PYTHON_SERVER_ARGS, PYTHON_SERVER_REFUSED
 
 FULL = LaunchParams(
     served_model_name="llama-3-8b",
@@ -27,10 +30,13 @@ FULL = LaunchParams(
     context_length=8192,
     dtype="bfloat16",
     gpu_memory_utilization=0.9,
-    extra_args=("--enforce-eager", "--max-model-len", "4096"),
-    env={"HF_HUB_OFFLINE": "0", "MY_VAR": "1"},
+    extra_args=("--enforce-eager", "--max-num-seqs", "64"),
+    env={"OMP_NUM_THREADS": "8", "MY_VAR": "1"},
+    policy=RequestPolicy(env_names=frozenset({"MY_VAR"})),
 )
-GGUF = LaunchParams("tiny", "/models/tiny.gguf", context_length=2048, extra_args=("--n_threads", "2"))
+SGLANG = replace(FULL, extra_args=("--disable-radix-cache", "--max-running-requests", "64"))
+GGUF = LaunchParams("tiny", "/models/tiny.gguf", context_length=2048, extra_args=("--threads", "2"))
+GGUF_PYTHON = replace(GGUF, extra_args=("--n_threads", "2"))
 
 
 @pytest.fixture
@@ -68,11 +74,11 @@ def test_vllm_renders_its_openai_server_command() -> None:
         "--gpu-memory-utilization", "0.9",
         "--host", "{host}",
         "--port", "{port}",
-        "--enforce-eager", "--max-model-len", "4096",  # the user's args come last, so they win
+        "--enforce-eager", "--max-num-seqs", "64",  # the user's (allowlisted) args come last
     ]  # fmt: skip
     assert (spec.ready_path, spec.health_path) == ("/v1/models", "/health")
-    assert spec.env["HF_HUB_OFFLINE"] == "0" and spec.env["MY_VAR"] == "1"  # user env overrides ours
-    assert spec.env["VLLM_NO_USAGE_STATS"] == "1"
+    assert spec.env["OMP_NUM_THREADS"] == "8" and spec.env["MY_VAR"] == "1"  # allowed: known, and by the admin
+    assert spec.env["VLLM_NO_USAGE_STATS"] == "1" and spec.env["HF_HUB_OFFLINE"] == "1"
     assert spec.runtime == "vllm" and spec.served_model_name == "llama-3-8b"
 
 
@@ -92,7 +98,7 @@ def test_a_rendered_spec_survives_the_state_file_round_trip() -> None:
 
 
 def test_sglang_renders_launch_server() -> None:
-    spec = SglangRuntime().render(FULL, target="container")
+    spec = SglangRuntime().render(SGLANG, target="container")
     assert spec.image == "lmsysorg/sglang:v0.4.6.post1-cu124"
     assert spec.container_command == ("python3", "-m", "sglang.launch_server")
     assert list(spec.args[:14]) == [
@@ -104,7 +110,7 @@ def test_sglang_renders_launch_server() -> None:
         "--mem-fraction-static", "0.9",
         "--host", "{host}",
     ]  # fmt: skip
-    assert spec.args[-3:] == ("--enforce-eager", "--max-model-len", "4096")
+    assert spec.args[-3:] == ("--disable-radix-cache", "--max-running-requests", "64")
 
 
 # ------------------------------------------------------------ llama.cpp
@@ -116,7 +122,7 @@ def test_llama_cpp_in_a_container_is_llama_server() -> None:
     assert spec.container_command == ("/app/llama-server",)
     assert list(spec.args) == [
         "--model", "/models/tiny.gguf", "--alias", "tiny", "--ctx-size", "2048",
-        "--host", "{host}", "--port", "{port}", "--n_threads", "2",
+        "--host", "{host}", "--port", "{port}", "--threads", "2",
     ]  # fmt: skip
     assert (spec.ready_path, spec.health_path) == ("/health", "/health")
 
@@ -129,7 +135,7 @@ def test_llama_cpp_offloads_every_layer_when_given_gpus(no_llama_server: None) -
 
 
 def test_llama_cpp_locally_falls_back_to_llama_cpp_python(no_llama_server: None) -> None:
-    spec = LlamaCppRuntime().render(GGUF, target="local")
+    spec = LlamaCppRuntime().render(GGUF_PYTHON, target="local")
     assert spec.local_command == (sys.executable, "-m", "llama_cpp.server")
     assert list(spec.args) == [
         "--model", "/models/tiny.gguf", "--model_alias", "tiny", "--n_ctx", "2048",
@@ -156,6 +162,9 @@ def test_llama_cpp_python_accepts_every_flag_we_render(no_llama_server: None) ->
     ).stdout
     flags = [a for a in spec.args if a.startswith("--")]
     assert flags and all(f"{flag} " in usage for flag in flags), [f for f in flags if f"{f} " not in usage]
+    # the allowlist and the refusals name flags this server really has (a renamed flag would make a rule dead)
+    listed = [*PYTHON_SERVER_ARGS, *PYTHON_SERVER_REFUSED]
+    assert all(f"{flag} " in usage for flag in listed), [f for f in listed if f"{f} " not in usage]
 
 
 # ------------------------------------------------------------- selection

@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.spec import DeploySpec
 
 # ---------------------------------------------------------------- pipelines
@@ -136,6 +137,31 @@ class StepContext(Protocol):
 
 
 @runtime_checkable
+class RequestChecker(Protocol):
+    """A pipeline that knows which runtimes it may start checks what a request puts into them.
+
+    ``check_request`` raises :class:`~modserv_shim.errors.ValidationFailed` (HTTP 422) naming
+    the first environment variable or runtime argument that is not allowed (see
+    :mod:`modserv_shim.allowlist`); it is called before a deploy or dry run is accepted.
+    A pipeline without it gets the strict default: only the variables the admin allows,
+    and no runtime arguments.
+    """
+
+    def check_request(self, spec: DeploySpec, shimlet: Shimlet) -> None: ...
+
+
+@runtime_checkable
+class ScaleChecker(Protocol):
+    """A pipeline that can tell whether ``replicas`` replicas of a running service still fit.
+
+    ``outputs`` are the service's step outputs (what its validation found).  Raises
+    :class:`~modserv_shim.errors.ValidationFailed` with the reason, as a deploy would.
+    """
+
+    def check_scale(self, spec: DeploySpec, outputs: Mapping[str, Any], replicas: int, shimlet: Shimlet) -> None: ...
+
+
+@runtime_checkable
 class Pipeline(Protocol):
     """A deploy flow: ordered steps and the code that runs one of them.
 
@@ -212,6 +238,7 @@ class ResourcePhase(StrEnum):
     DEGRADED = "degraded"  # was serving, now some or all replicas are not (restarting)
     FAILED = "failed"  # will not become ready without a change (bad model, crash loop)
     NOT_FOUND = "not_found"  # nothing exists under this resource id
+    UNKNOWN = "unknown"  # not observed yet (e.g. a process adopted after a restart, before its first probe)
 
 
 @dataclass(frozen=True)
@@ -345,3 +372,5 @@ class PluginContext:
     data_dir: Path
     options: Mapping[str, Any] = field(default_factory=dict)
     server_settings: Mapping[str, Any] = field(default_factory=dict)
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
+    """What the admin allows a request to put into processes beyond the runtimes' allowlists."""

@@ -11,11 +11,23 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-MODEL_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+from modserv_shim.allowlist import (
+    ENV_NAME_RE,
+    MAX_ARG_LENGTH,
+    MAX_ARGS,
+    MAX_ENV_BYTES,
+    MAX_ENV_NAME,
+    MAX_ENV_VALUE,
+    MAX_ENV_VARS,
+    MAX_PATH_LENGTH,
+    has_control_chars,
+)
+
+MODEL_NAME_PATTERN = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 PLUGIN_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Kubernetes resource.Quantity, restricted to the forms people write.
 CPU_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)m?$")
 MEMORY_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -23,9 +35,10 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
 RUNTIMES = ("auto", "llama.cpp", "vllm", "sglang")
-# Variables that make a process load code chosen by whoever sets them (besides LD_*).
-HOST_CODE_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
-                           "BASH_ENV", "ENV", "PERL5OPT", "NODE_OPTIONS"})
+# The largest machines sold have a few TiB of memory and a few hundred cores: a request beyond these is a typo.
+MAX_MEMORY_BYTES = 64 * 2**40
+MAX_CPU = 4096
+MAX_QUANTITY_LENGTH = 32
 
 
 def memory_bytes(quantity: str) -> int:
@@ -37,6 +50,12 @@ def memory_bytes(quantity: str) -> int:
     number = float(quantity[: len(quantity) - len(suffix)])
     factor = _BINARY.get(suffix) or _DECIMAL.get(suffix) or 1
     return int(number * factor)
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value for an error message, cut so that a huge input does not make a huge message."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def suggest_model_name(name: str) -> str:
@@ -56,11 +75,13 @@ class ResourceRequirements(_Strict):
         description="Accelerator model, e.g. 'NVIDIA H20'. Omit (or 'cpu') for CPU-only.",
         examples=["NVIDIA H20"],
     )
-    acceleratorCount: int = Field(
+    acceleratorCount: StrictInt = Field(
         default=0, ge=0, le=16, description="Accelerators per replica (tensor parallel size)."
     )
-    cpu: str | None = Field(default=None, description="CPU per replica, e.g. '4' or '500m'.")
-    memory: str | None = Field(default=None, description="Memory per replica, e.g. '16Gi'.")
+    cpu: str | None = Field(default=None, max_length=MAX_QUANTITY_LENGTH,
+                            description="CPU per replica, e.g. '4' or '500m' (at most 4096).")
+    memory: str | None = Field(default=None, max_length=MAX_QUANTITY_LENGTH,
+                               description="Memory per replica, e.g. '16Gi' (from 1Mi to 64Ti).")
 
     @field_validator("cpu", mode="before")
     @classmethod
@@ -69,8 +90,12 @@ class ResourceRequirements(_Strict):
             raise ValueError("cpu must be a quantity such as '4' or '500m', not a boolean")
         if isinstance(v, int | float):
             v = str(v)
-        if v is not None and (not isinstance(v, str) or not CPU_RE.match(v)):
-            raise ValueError(f"cpu must be a Kubernetes quantity such as '4' or '500m' (got {v!r})")
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_QUANTITY_LENGTH or not CPU_RE.match(v)):
+            raise ValueError(f"cpu must be a Kubernetes quantity such as '4' or '500m' (got {_short(v)})")
+        if v is not None:
+            cores = float(v[:-1]) / 1000 if v.endswith("m") else float(v)
+            if not 0.001 <= cores <= MAX_CPU:
+                raise ValueError(f"cpu must be from 1m to {MAX_CPU} cores (got {v!r})")
         return v
 
     @field_validator("memory", mode="before")
@@ -80,10 +105,12 @@ class ResourceRequirements(_Strict):
             raise ValueError("memory must be a quantity such as '16Gi', not a boolean")
         if isinstance(v, int):
             v = str(v)
-        if v is not None and (not isinstance(v, str) or not MEMORY_RE.match(v)):
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_QUANTITY_LENGTH or not MEMORY_RE.match(v)):
             raise ValueError(
-                f"memory must be a Kubernetes quantity such as '16Gi' or '512Mi' (got {v!r})"
+                f"memory must be a Kubernetes quantity such as '16Gi' or '512Mi' (got {_short(v)})"
             )
+        if v is not None and not 2**20 <= memory_bytes(v) <= MAX_MEMORY_BYTES:
+            raise ValueError(f"memory must be from 1Mi to 64Ti per replica (got {v!r})")
         return v
 
     @field_validator("acceleratorType")
@@ -123,26 +150,35 @@ class DeploySpec(_Strict):
         max_length=63,
         description="DNS-safe name: lowercase letters, digits and '-'.",
         examples=["llama-3-8b"],
+        json_schema_extra={"pattern": MODEL_NAME_PATTERN},
     )
     modelFile: str = Field(
         min_length=1,
-        max_length=4096,
+        max_length=MAX_PATH_LENGTH,
         description="Absolute path of the model as the inference server sees it"
         " (a GGUF file or a Hugging Face folder).",
         examples=["/models/llama-3-8b"],
     )
     resourceRequirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
-    replicaCount: int = Field(default=1, ge=1, le=64)
-    shimlet: str | None = Field(default=None, description="Environment plugin; server default if omitted.")
-    pipeline: str | None = Field(default=None, description="Deploy flow plugin; server default if omitted.")
+    replicaCount: StrictInt = Field(default=1, ge=1, le=64)
+    shimlet: str | None = Field(default=None, max_length=63,
+                                description="Environment plugin; server default if omitted.")
+    pipeline: str | None = Field(default=None, max_length=63,
+                                 description="Deploy flow plugin; server default if omitted.")
     runtime: Literal["auto", "llama.cpp", "vllm", "sglang"] = "auto"
-    runtimeArgs: list[str] = Field(default_factory=list, max_length=64)
-    env: dict[str, str] = Field(default_factory=dict)
-    dryRun: bool = False
+    runtimeArgs: list[str] = Field(
+        default_factory=list, max_length=MAX_ARGS,
+        description="Extra flags for the inference server, checked against the runtime's allowlist"
+        " (docs/SECURITY.md): '--flag value' or '--flag=value'.")
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_ENV_VARS,
+        description="Environment variables for the inference server, checked against the runtime's allowlist"
+        " and the server's allowed_env setting (docs/SECURITY.md).")
+    dryRun: StrictBool = False
     healthCheckTimeout: float | None = Field(
-        default=None, gt=0, le=86400, description="Seconds the health check may take (default grows with model size)."
-    )
-    contextLength: int | None = Field(default=None, ge=128, le=1_048_576)
+        default=None, gt=0, le=86400, strict=True,
+        description="Seconds the health check may take (default grows with model size).")
+    contextLength: StrictInt | None = Field(default=None, ge=128, le=1_048_576)
     workloadType: Literal["Deployment", "StatefulSet"] = "Deployment"
 
     @field_validator("modelName")
@@ -158,8 +194,8 @@ class DeploySpec(_Strict):
     @field_validator("modelFile")
     @classmethod
     def _model_file(cls, v: str) -> str:
-        if "\x00" in v:
-            raise ValueError("modelFile must not contain NUL characters")
+        if has_control_chars(v):
+            raise ValueError("modelFile must not contain control characters (NUL, newline, ...)")
         if "://" in v:
             raise ValueError(
                 f"modelFile must be a filesystem path; remote sources such as {v.split('://', maxsplit=1)[0]}://"
@@ -181,25 +217,27 @@ class DeploySpec(_Strict):
     @field_validator("runtimeArgs")
     @classmethod
     def _args(cls, v: list[str]) -> list[str]:
-        for a in v:
-            if "\x00" in a or len(a) > 4096:
-                raise ValueError("runtimeArgs entries must be under 4096 characters without NUL")
+        for i, a in enumerate(v):
+            if len(a) > MAX_ARG_LENGTH or not a or has_control_chars(a):
+                raise ValueError(f"runtimeArgs[{i}] must be 1 to {MAX_ARG_LENGTH} characters without control"
+                                 " characters")
         return v
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 128:
-            raise ValueError("env may hold at most 128 variables")
+        total = 0
         for k, val in v.items():
-            if not ENV_NAME_RE.match(k):
-                raise ValueError(f"env name {k!r} is not a valid variable name")
-            if k in HOST_CODE_ENV or k.startswith("LD_"):
-                raise ValueError(
-                    f"env must not set {k}: it would let a deploy run arbitrary code in the model server's host"
-                )
-            if "\x00" in val:
-                raise ValueError(f"env value of {k} must not contain NUL")
+            if len(k) > MAX_ENV_NAME or not ENV_NAME_RE.match(k):
+                raise ValueError(f"env name {_short(k)} is not a valid variable name (letters, digits and '_',"
+                                 f" at most {MAX_ENV_NAME} characters)")
+            if len(val) > MAX_ENV_VALUE:
+                raise ValueError(f"env value of {k} is {len(val)} characters; at most {MAX_ENV_VALUE} are accepted")
+            if has_control_chars(val):
+                raise ValueError(f"env value of {k} must not contain control characters (NUL, newline, ...)")
+            total += len(k) + len(val)
+        if total > MAX_ENV_BYTES:
+            raise ValueError(f"env holds {total} characters in all; at most {MAX_ENV_BYTES} are accepted")
         return v
 
     def wire(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import structlog
 
+from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.errors import PluginLoadError, PluginNotFound
 from modserv_shim.plugins import (
     PHASE_ORDER,
@@ -70,6 +71,7 @@ class RegistryConfig:
     allowed_modules: tuple[str, ...] = ()
     options: Mapping[Kind, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     server_settings: Mapping[str, Any] = field(default_factory=dict)
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
 
 
 def _summary(exc: BaseException) -> str:
@@ -258,7 +260,8 @@ class Registry:
 
     async def _start(self, entry: PluginEntry) -> Any:
         opts = self.config.options.get(entry.kind, {}).get(entry.name, {})
-        ctx = PluginContext(entry.name, self.config.data_dir, dict(opts), dict(self.config.server_settings))
+        ctx = PluginContext(entry.name, self.config.data_dir, dict(opts), dict(self.config.server_settings),
+                            self.config.policy)
         try:
             obj = entry.factory(ctx)
         except Exception as exc:

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from modserv_shim.allowlist import ArgRule, RequestPolicy, check_args, check_env
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.plugins import LaunchSpec
 
@@ -38,6 +39,29 @@ TARGETS: tuple[Target, ...] = ("local", "container")
 
 HOST = "{host}"
 PORT = "{port}"
+
+COMMON_ENV = frozenset({
+    # threads and devices
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+    # the NCCL switches people flip when multi-GPU start-up hangs (not NCCL_NET_PLUGIN & co: they load libraries)
+    "NCCL_DEBUG", "NCCL_P2P_DISABLE", "NCCL_IB_DISABLE", "NCCL_SHM_DISABLE",
+    # staying offline and quiet
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK", "TOKENIZERS_PARALLELISM",
+    "TZ",
+})
+"""Variables any runtime may be given: none of them names code, a library or a file to load."""
+
+# Why a flag is never accepted in runtimeArgs, whatever the runtime.
+SETS_LISTEN = "the shim chooses the address and port the server listens on"
+SETS_MODEL = "the shim passes the model: set modelFile"
+SETS_NAME = "the shim passes the served name: set modelName"
+SETS_CONTEXT = "the shim passes the context length: set contextLength"
+SETS_PARALLEL = "the shim sets tensor parallelism from resourceRequirements.acceleratorCount"
+SETS_GPU_SHARE = "the shim sets the GPU memory share (the pipeline's gpu_memory_utilization option)"
+EXPOSES = "it changes who can reach the server or how (the shim manages exposure)"
+LOADS_CODE = "it makes the server load code or templates from outside the model's own files"
+LOADS_FILES = "it makes the server read or write other files than the model"
+DOWNLOADS = "it makes the server download from the network; models are served from local files"
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,7 @@ class LaunchParams:
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = 600.0
+    policy: RequestPolicy = field(default_factory=RequestPolicy)  # what the admin allows beyond our lists
 
     def __post_init__(self) -> None:
         if not self.served_model_name:
@@ -85,6 +110,8 @@ class Runtime(ABC):
     ready_path: ClassVar[str] = "/v1/models"
     health_path: ClassVar[str] = "/health"
     base_env: ClassVar[Mapping[str, str]] = {}
+    env_names: ClassVar[frozenset[str]] = frozenset()
+    """Variables this runtime is known to use, besides :data:`COMMON_ENV`."""
 
     def __init__(self, image: str | None = None) -> None:
         self.image = image or self.default_image
@@ -100,6 +127,27 @@ class Runtime(ABC):
     def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
         """Our flags for ``params``, without the user's extra args."""
 
+    @abstractmethod
+    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+        """The flags a request's ``runtimeArgs`` may hold for the program ``target`` runs, with their values."""
+
+    @abstractmethod
+    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+        """Flags never accepted, with the reason (we set them, or they change exposure or load code)."""
+
+    def allowed_env(self) -> frozenset[str]:
+        return COMMON_ENV | self.env_names
+
+    def check_request(self, env: Mapping[str, str], args: Sequence[str], policy: RequestPolicy, *,
+                      target: Target) -> None:
+        """Raise :class:`~modserv_shim.errors.ValidationFailed` naming the first variable or argument
+        that is not allowed (see :mod:`modserv_shim.allowlist`)."""
+        reserved = {name: f"{name}={value}" for name, value in self.base_env.items()}
+        check_env(env, allowed=self.allowed_env(), policy=policy, who=f"the {self.name} runtime",
+                  reserved=reserved)
+        check_args(args, rules=self.arg_rules(target=target), refused=self.refused_args(target=target),
+                   admin_flags=policy.runtime_args.get(self.name, frozenset()), runtime=self.name)
+
     def check_format(self, model_format: ModelFormat, model_path: str) -> None:
         """Raise :class:`PermanentStepError` when this runtime cannot serve ``model_format``."""
         if model_format not in self.formats:
@@ -113,6 +161,8 @@ class Runtime(ABC):
         """The launch spec for ``params``; see the module docstring for ``target``."""
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        # Checked here too, not only when the request is accepted: whatever builds a launch spec gets it.
+        self.check_request(params.env, params.extra_args, params.policy, target=target)
         args = (*self.server_args(params, target=target), *params.extra_args)
         return LaunchSpec(
             runtime=self.name,
@@ -122,7 +172,7 @@ class Runtime(ABC):
             args=args,
             image=self.image,
             container_command=self.container_command,
-            env={**self.base_env, **params.env},
+            env={**params.env, **self.base_env},
             ready_path=self.ready_path,
             health_path=self.health_path,
             startup_timeout=params.startup_timeout,

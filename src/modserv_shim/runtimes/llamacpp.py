@@ -22,17 +22,82 @@ With accelerators, every layer is offloaded to the GPUs.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import ClassVar, Literal
 
+from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer, number
 from modserv_shim.plugins import LaunchSpec
-from modserv_shim.runtimes.base import HOST, PORT, LaunchParams, ModelFormat, Runtime, Target, flag, python_module
+from modserv_shim.runtimes.base import (
+    DOWNLOADS,
+    EXPOSES,
+    HOST,
+    LOADS_CODE,
+    LOADS_FILES,
+    PORT,
+    SETS_CONTEXT,
+    SETS_LISTEN,
+    SETS_MODEL,
+    SETS_NAME,
+    LaunchParams,
+    ModelFormat,
+    Runtime,
+    Target,
+    flag,
+    python_module,
+)
 
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
 LLAMA_SERVER = "llama-server"
 PYTHON_SERVER_MODULE = "llama_cpp.server"
 
 Flavour = Literal["llama-server", "llama-cpp-python"]
+
+_BOOL = choice("true", "false", "True", "False", "1", "0")
+_KV_TYPES = choice("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+# llama.cpp's own server: tuning of threads, batching, offload, KV cache and sampling defaults.
+LLAMA_SERVER_ARGS: Mapping[str, ArgRule] = {
+    "--threads": integer(1, 1024), "--threads-batch": integer(1, 1024), "--threads-http": integer(1, 1024),
+    "--batch-size": integer(1, 1 << 20), "--ubatch-size": integer(1, 1 << 20), "--parallel": integer(1, 256),
+    "--cont-batching": FLAG, "--no-cont-batching": FLAG, "--flash-attn": choice("on", "off", "auto"),
+    "--n-gpu-layers": integer(-1, 9999), "--main-gpu": integer(0, 64), "--split-mode": choice("none", "layer", "row"),
+    "--cache-type-k": _KV_TYPES, "--cache-type-v": _KV_TYPES, "--mlock": FLAG, "--no-mmap": FLAG,
+    "--keep": integer(-1, 1 << 24), "--cache-reuse": integer(0, 1 << 24), "--defrag-thold": number(-1, 1),
+    "--n-predict": integer(-2, 1 << 24), "--temp": number(0, 10), "--top-k": integer(0, 1 << 20),
+    "--top-p": number(0, 1), "--min-p": number(0, 1), "--repeat-penalty": number(0, 10), "--seed": integer(-1, 2**32),
+    "--rope-scaling": choice("none", "linear", "yarn"), "--rope-freq-base": number(0, 1e9),
+    "--rope-freq-scale": number(0, 1e3), "--jinja": FLAG, "--reasoning-format": choice("none", "deepseek", "auto"),
+    "--metrics": FLAG, "--no-webui": FLAG, "--timeout": integer(1, 86400), "--embedding": FLAG,
+    "--pooling": choice("none", "mean", "cls", "last", "rank"), "--verbose": FLAG, "--log-disable": FLAG,
+}
+LLAMA_SERVER_REFUSED: Mapping[str, str] = {
+    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--reuse-port": SETS_LISTEN, "--model": SETS_MODEL,
+    "--alias": SETS_NAME, "--ctx-size": SETS_CONTEXT, "--api-key": EXPOSES, "--api-key-file": EXPOSES,
+    "--ssl-key-file": EXPOSES, "--ssl-cert-file": EXPOSES, "--path": EXPOSES, "--api-prefix": EXPOSES,
+    "--props": EXPOSES, "--slots": EXPOSES, "--slot-save-path": LOADS_FILES, "--log-file": LOADS_FILES,
+    "--chat-template": LOADS_CODE, "--chat-template-file": LOADS_CODE, "--grammar-file": LOADS_FILES,
+    "--lora": LOADS_FILES, "--lora-scaled": LOADS_FILES, "--control-vector": LOADS_FILES, "--mmproj": LOADS_FILES,
+    "--model-draft": LOADS_FILES, "--hf-repo": DOWNLOADS, "--hf-file": DOWNLOADS, "--model-url": DOWNLOADS,
+    "--hf-token": DOWNLOADS, "--rpc": EXPOSES,
+}
+
+# llama-cpp-python's server (the local fallback): its flags are its settings' field names.
+PYTHON_SERVER_ARGS: Mapping[str, ArgRule] = {
+    "--n_gpu_layers": integer(-1, 9999), "--main_gpu": integer(0, 64), "--n_threads": integer(1, 1024),
+    "--n_threads_batch": integer(1, 1024), "--n_batch": integer(1, 1 << 20), "--n_ubatch": integer(1, 1 << 20),
+    "--flash_attn": _BOOL, "--offload_kqv": _BOOL, "--use_mmap": _BOOL, "--use_mlock": _BOOL,
+    "--seed": integer(-1, 2**32), "--rope_freq_base": number(0, 1e9), "--rope_freq_scale": number(0, 1e3),
+    "--chat_format": TOKEN, "--cache": _BOOL, "--cache_size": integer(0, 1 << 36), "--verbose": _BOOL,
+    "--embedding": _BOOL, "--logits_all": _BOOL, "--type_k": integer(0, 64), "--type_v": integer(0, 64),
+}
+PYTHON_SERVER_REFUSED: Mapping[str, str] = {
+    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--model": SETS_MODEL, "--model_alias": SETS_NAME,
+    "--n_ctx": SETS_CONTEXT, "--api_key": EXPOSES, "--ssl_keyfile": EXPOSES, "--ssl_certfile": EXPOSES,
+    "--config_file": LOADS_FILES, "--cache_type": LOADS_FILES, "--clip_model_path": LOADS_FILES,
+    "--lora_path": LOADS_FILES, "--lora_base": LOADS_FILES, "--hf_pretrained_model_name_or_path": DOWNLOADS,
+    "--hf_model_repo_id": DOWNLOADS,
+}
 
 
 class LlamaCppRuntime(Runtime):
@@ -42,6 +107,7 @@ class LlamaCppRuntime(Runtime):
     container_command = ("/app/llama-server",)
     ready_path = "/health"
     health_path = "/health"
+    env_names = frozenset({"GGML_CUDA_ENABLE_UNIFIED_MEMORY", "GGML_CUDA_NO_PINNED", "GGML_SCHED_MAX_COPIES"})
 
     def flavour(self, target: Target) -> Flavour:
         """Which program serves: always ``llama-server`` in a container, locally if it is on PATH."""
@@ -75,6 +141,12 @@ class LlamaCppRuntime(Runtime):
             return spec
         # llama-cpp-python flags: this spec must never reach the llama-server image.
         return replace(spec, image="", container_command=(), ready_path="/v1/models", health_path="/v1/models")
+
+    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+        return LLAMA_SERVER_ARGS if self.flavour(target) == "llama-server" else PYTHON_SERVER_ARGS
+
+    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+        return LLAMA_SERVER_REFUSED if self.flavour(target) == "llama-server" else PYTHON_SERVER_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:
         return (

@@ -9,12 +9,50 @@ length ``--context-length`` and the share of GPU memory it may take
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
-from modserv_shim.runtimes.base import HOST, PORT, LaunchParams, ModelFormat, Runtime, Target, flag, python_module
+from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer
+from modserv_shim.runtimes.base import (
+    DOWNLOADS,
+    EXPOSES,
+    HOST,
+    LOADS_CODE,
+    LOADS_FILES,
+    PORT,
+    SETS_CONTEXT,
+    SETS_GPU_SHARE,
+    SETS_LISTEN,
+    SETS_MODEL,
+    SETS_NAME,
+    SETS_PARALLEL,
+    LaunchParams,
+    ModelFormat,
+    Runtime,
+    Target,
+    flag,
+    python_module,
+)
 
 SGLANG_IMAGE = "lmsysorg/sglang:v0.4.6.post1-cu124"
 SGLANG_MODULE = "sglang.launch_server"
+
+SGLANG_ARGS: Mapping[str, ArgRule] = {
+    "--max-running-requests": integer(1, 1 << 16), "--max-total-tokens": integer(1, 1 << 26),
+    "--chunked-prefill-size": integer(-1, 1 << 24), "--schedule-policy": choice("lpm", "random", "fcfs", "dfs-weight"),
+    "--kv-cache-dtype": choice("auto", "fp8_e5m2", "fp8_e4m3"), "--quantization": TOKEN,
+    "--dtype": choice("auto", "half", "float16", "bfloat16", "float", "float32"), "--disable-radix-cache": FLAG,
+    "--disable-cuda-graph": FLAG, "--enable-torch-compile": FLAG, "--random-seed": integer(0, 2**32),
+    "--log-level": choice("debug", "info", "warning", "error"), "--attention-backend": TOKEN,
+    "--stream-interval": integer(1, 1024), "--cuda-graph-max-bs": integer(1, 4096),
+}
+SGLANG_REFUSED: Mapping[str, str] = {
+    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--model-path": SETS_MODEL, "--served-model-name": SETS_NAME,
+    "--context-length": SETS_CONTEXT, "--tp": SETS_PARALLEL, "--tp-size": SETS_PARALLEL, "--dp": SETS_PARALLEL,
+    "--mem-fraction-static": SETS_GPU_SHARE, "--trust-remote-code": LOADS_CODE, "--chat-template": LOADS_CODE,
+    "--tokenizer-path": LOADS_FILES, "--download-dir": LOADS_FILES, "--load-format": LOADS_FILES,
+    "--lora-paths": LOADS_FILES, "--api-key": EXPOSES, "--revision": DOWNLOADS,
+}
 
 
 class SglangRuntime(Runtime):
@@ -36,6 +74,12 @@ class SglangRuntime(Runtime):
         flag(args, "--mem-fraction-static", params.gpu_memory_utilization)
         args += ["--host", HOST, "--port", PORT]
         return args
+
+    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+        return SGLANG_ARGS
+
+    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+        return SGLANG_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:
         return (

@@ -11,12 +11,64 @@ positional model argument of ``vllm serve`` changed over time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
-from modserv_shim.runtimes.base import HOST, PORT, LaunchParams, ModelFormat, Runtime, Target, flag, python_module
+from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer, number
+from modserv_shim.runtimes.base import (
+    DOWNLOADS,
+    EXPOSES,
+    HOST,
+    LOADS_CODE,
+    LOADS_FILES,
+    PORT,
+    SETS_CONTEXT,
+    SETS_GPU_SHARE,
+    SETS_LISTEN,
+    SETS_MODEL,
+    SETS_NAME,
+    SETS_PARALLEL,
+    LaunchParams,
+    ModelFormat,
+    Runtime,
+    Target,
+    flag,
+    python_module,
+)
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.8.5"
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+DTYPES = choice("auto", "half", "float16", "bfloat16", "float", "float32")
+QUANTIZATIONS = choice("awq", "awq_marlin", "gptq", "gptq_marlin", "marlin", "fp8", "bitsandbytes", "gguf",
+                       "compressed-tensors", "experts_int8", "fbgemm_fp8", "modelopt", "moe_wna16")
+
+VLLM_ARGS: Mapping[str, ArgRule] = {
+    "--max-num-seqs": integer(1, 1 << 16), "--max-num-batched-tokens": integer(1, 1 << 24),
+    "--enforce-eager": FLAG, "--kv-cache-dtype": choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+    "--quantization": QUANTIZATIONS, "--dtype": DTYPES, "--enable-prefix-caching": FLAG,
+    "--no-enable-prefix-caching": FLAG, "--enable-chunked-prefill": FLAG, "--swap-space": number(0, 1024),
+    "--cpu-offload-gb": number(0, 4096), "--block-size": choice("8", "16", "32", "64", "128"),
+    "--seed": integer(0, 2**32), "--disable-log-requests": FLAG, "--disable-log-stats": FLAG,
+    "--tokenizer-mode": choice("auto", "slow", "mistral"), "--max-logprobs": integer(0, 1 << 16),
+    "--num-scheduler-steps": integer(1, 1024), "--guided-decoding-backend": TOKEN,
+    "--enable-auto-tool-choice": FLAG, "--tool-call-parser": TOKEN, "--reasoning-parser": TOKEN,
+    "--generation-config": choice("auto", "vllm"), "--max-seq-len-to-capture": integer(1, 1 << 24),
+    "--disable-custom-all-reduce": FLAG,
+}
+VLLM_REFUSED: Mapping[str, str] = {
+    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--uds": SETS_LISTEN, "--model": SETS_MODEL,
+    "--served-model-name": SETS_NAME, "--max-model-len": SETS_CONTEXT, "--tensor-parallel-size": SETS_PARALLEL,
+    "--pipeline-parallel-size": SETS_PARALLEL, "--gpu-memory-utilization": SETS_GPU_SHARE,
+    "--trust-remote-code": LOADS_CODE, "--middleware": LOADS_CODE, "--tool-parser-plugin": LOADS_CODE,
+    "--worker-cls": LOADS_CODE, "--worker-extension-cls": LOADS_CODE, "--chat-template": LOADS_CODE,
+    "--hf-overrides": LOADS_CODE, "--logits-processor-pattern": LOADS_CODE, "--config": LOADS_FILES,
+    "--tokenizer": LOADS_FILES, "--download-dir": LOADS_FILES, "--load-format": LOADS_FILES,
+    "--lora-modules": LOADS_FILES, "--prompt-adapters": LOADS_FILES, "--allowed-local-media-path": LOADS_FILES,
+    "--api-key": EXPOSES, "--ssl-keyfile": EXPOSES, "--ssl-certfile": EXPOSES, "--ssl-ca-certs": EXPOSES,
+    "--allowed-origins": EXPOSES, "--allow-credentials": EXPOSES, "--root-path": EXPOSES,
+    "--revision": DOWNLOADS, "--tokenizer-revision": DOWNLOADS, "--code-revision": DOWNLOADS,
+}
 
 
 class VllmRuntime(Runtime):
@@ -26,6 +78,12 @@ class VllmRuntime(Runtime):
     container_command = ("python3", "-m", VLLM_MODULE)
     # The model is a local path: never reach out to the Hub, never phone home.
     base_env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    # Not VLLM_PLUGINS or VLLM_LOGGING_CONFIG_PATH: they load code.
+    env_names = frozenset({"VLLM_ATTENTION_BACKEND", "VLLM_USE_V1", "VLLM_LOGGING_LEVEL",
+                           "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
+                           "VLLM_USE_TRITON_FLASH_ATTN", "VLLM_FLASH_ATTN_VERSION",
+                           "VLLM_ENGINE_ITERATION_TIMEOUT_S", "VLLM_RPC_TIMEOUT", "VLLM_SKIP_P2P_CHECK",
+                           "PYTORCH_CUDA_ALLOC_CONF"})
 
     def local_command(self, *, target: Target) -> tuple[str, ...]:
         return python_module(VLLM_MODULE)
@@ -39,6 +97,12 @@ class VllmRuntime(Runtime):
         flag(args, "--gpu-memory-utilization", params.gpu_memory_utilization)
         args += ["--host", HOST, "--port", PORT]
         return args
+
+    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+        return VLLM_ARGS
+
+    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+        return VLLM_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:
         return (

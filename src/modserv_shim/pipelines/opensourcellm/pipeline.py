@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
-from modserv_shim.errors import PermanentStepError, StepError
+from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
 from modserv_shim.modelinfo import FitResult, ModelFacts, check_fit, default_context_length, inspect_model
 from modserv_shim.modelinfo.facts import GIB, format_count, gib
 from modserv_shim.pipelines.opensourcellm import probe
@@ -39,13 +39,15 @@ from modserv_shim.plugins import (
     PluginContext,
     ResourcePhase,
     RetryPolicy,
+    Shimlet,
     StepContext,
     StepSpec,
     Watchable,
     WorkloadRenderer,
     launch_target,
 )
-from modserv_shim.runtimes import LaunchParams, is_vllm_installed, select_runtime
+from modserv_shim.runtimes import LaunchParams, Runtime, Target, get_runtime, is_vllm_installed, select_runtime
+from modserv_shim.spec import DeploySpec
 
 MODEL_VALIDATION = "model-validation"
 CONFIG_RENDERING = "config-rendering"
@@ -84,7 +86,45 @@ class OpenSourceLLMPipeline:
         self.images: Mapping[str, str] = dict(ctx.options.get("images", {}))
         self.gpu_memory_utilization = float(ctx.options.get("gpu_memory_utilization", 0.9))
         self.probe_prompt = str(ctx.options.get("probe_prompt", "Hello"))
+        self.policy = ctx.policy
         self._http: httpx.AsyncClient | None = None
+
+    # ------------------------------------------------- what a request may ask (RequestChecker, ScaleChecker)
+
+    def check_request(self, spec: DeploySpec, shimlet: Shimlet) -> None:
+        """``env`` and ``runtimeArgs`` must pass the allowlist of the runtime that will serve the model.
+
+        With ``runtime: auto`` the runtime is known only once the model is read: a ``.gguf`` path
+        means llama.cpp; anything else may be a GGUF file or a Hugging Face folder (vLLM), so the
+        request passes if either runtime accepts it, and rendering checks again with the runtime
+        actually chosen.
+        """
+        target: Target = "local" if launch_target(shimlet) == "local" else "container"
+        first: ValidationFailed | None = None
+        for runtime in _candidates(spec):
+            try:
+                runtime.check_request(spec.env, spec.runtimeArgs, self.policy, target=target)
+                return
+            except ValidationFailed as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+    def check_scale(self, spec: DeploySpec, outputs: Mapping[str, object], replicas: int, shimlet: Shimlet) -> None:
+        """Scaling up runs the fit check a deploy runs, for the replicas added (those running hold their memory)."""
+        added = replicas - spec.replicaCount
+        model = outputs.get("model")
+        rr = spec.resourceRequirements
+        if added <= 0 or not isinstance(model, Mapping):
+            return
+        if launch_target(shimlet) == "container" and rr.acceleratorType is None and rr.memory is None:
+            return  # as at deploy: nothing to check against
+        fit = check_fit(ModelFacts.from_dict(model), rr, context_length=spec.contextLength, replicas=added,
+                        gpu_memory_utilization=self.gpu_memory_utilization)
+        if not fit.fits:
+            more = "1 more replica" if added == 1 else f"{added} more replicas"
+            raise ValidationFailed(f"cannot scale {spec.modelName} from {spec.replicaCount} to {replicas} replicas:"
+                                   f" {more} would not fit: {fit.message}")
 
     async def start(self) -> None:
         _ = self.http  # built now (it loads the CA bundle: ~50 ms), not during the first health check
@@ -181,6 +221,7 @@ class OpenSourceLLMPipeline:
             extra_args=tuple(spec.runtimeArgs),
             env=dict(spec.env),
             startup_timeout=timeout,
+            policy=self.policy,
         )
         launch = runtime.render(params, target="local" if target == "local" else "container")
         ctx.set_params(runtime=runtime.name, target=target, context_length=params.context_length)
@@ -271,6 +312,14 @@ class OpenSourceLLMPipeline:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
+
+
+def _candidates(spec: DeploySpec) -> list[Runtime]:
+    if spec.runtime != "auto":
+        return [get_runtime(spec.runtime)]
+    if spec.modelFile.lower().endswith(".gguf"):
+        return [get_runtime("llama.cpp")]
+    return [get_runtime("vllm"), get_runtime("llama.cpp")]
 
 
 def _inspect_and_fit(
