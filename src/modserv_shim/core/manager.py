@@ -17,12 +17,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from modserv_shim.allowlist import RequestPolicy, check_env, check_model_path, refuse
 from modserv_shim.core.clock import Clock, SystemClock
 from modserv_shim.core.executor import Executor, MemoryRecorder, StepFailed, StepOverride, apply_overrides
 from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State, can_transition, check_transition
@@ -41,9 +42,11 @@ from modserv_shim.errors import (
 from modserv_shim.plugins import (
     Phase,
     Pipeline,
+    RequestChecker,
     ResourcePhase,
     ResourceStatus,
     Scalable,
+    ScaleChecker,
     Shimlet,
     StepSpec,
     Watchable,
@@ -65,6 +68,7 @@ class ManagerConfig:
     step_overrides: Mapping[str, Mapping[str, StepOverride]]  # pipeline -> step -> override
     poll_interval: float = 2.0
     delete_wait: float = 30.0
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,22 @@ class ServiceManager:
             pipeline = await self.registry.pipeline(pipeline_name)
         except PluginNotFound as exc:
             raise ValidationFailed(str(exc)) from None
+        self._check_request(spec, pipeline_name, shimlet, pipeline)
         return shimlet_name, pipeline_name, shimlet, pipeline
+
+    def _check_request(self, spec: DeploySpec, pipeline_name: str, shimlet: Shimlet, pipeline: Pipeline) -> None:
+        """What the request puts into a process must be allowed (docs/SECURITY.md), before anything is stored."""
+        policy = self.config.policy
+        check_model_path(spec.modelFile, policy.model_roots)
+        if isinstance(pipeline, RequestChecker):
+            pipeline.check_request(spec, shimlet)
+            return
+        # A pipeline that does not say which runtimes it starts gets the strict default.
+        check_env(spec.env, allowed=frozenset(), policy=policy,
+                  who=f"the {pipeline_name} pipeline (it declares no runtime)")
+        if spec.runtimeArgs:
+            raise refuse("runtimeArgs", f"the {pipeline_name} pipeline does not declare which runtime arguments"
+                         " it accepts, so none are")
 
     async def deploy(self, spec: DeploySpec, operator: str) -> ServiceRecord:
         """Store the accepted deploy, then run its pipeline in the background."""
@@ -374,8 +393,8 @@ class ServiceManager:
         rec.state = new
         rec.reason = reason
         rec.updated_at = now()
-        for field, value in (also or {}).items():
-            setattr(rec, field, value)
+        for name, value in (also or {}).items():
+            setattr(rec, name, value)
         # shielded: a delete that cancels the pipeline must not leave memory and store disagreeing
         await asyncio.shield(self.store.save_transition(
             rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator), durable=durable,
@@ -476,6 +495,8 @@ class ServiceManager:
             return
         if rec.state is State.FAILED and rec.current_step < len(rec.total_steps):
             return  # failed inside its pipeline: only a retry moves it
+        if st.phase is ResourcePhase.UNKNOWN:
+            return  # not observed yet (adopted after a restart): report nothing we have not seen
         await self._record_replicas(rec, st)
         if st.phase is ResourcePhase.READY or (st.phase is ResourcePhase.PENDING and st.ready_replicas > 0):
             await self._transition(rec, State.RUNNING, background=True)
@@ -548,6 +569,7 @@ class ServiceManager:
             if rec.state not in SERVING_STATES or rec.resource_id is None:
                 raise StateConflict(
                     f"only a running or degraded service can be scaled; {rec.id} is {rec.state.value}")
+            await self._check_scale(rec, shimlet, replicas)
             # desired count first: a crash after the shimlet call must not forget it
             rec.spec = {**rec.spec, "replicaCount": replicas}
             rec.replicas_desired = replicas
@@ -558,6 +580,16 @@ class ServiceManager:
         self.metrics.replicas_desired.labels(service=rec.id).set(replicas)
         log.info("service scaled", service_id=rec.id, replicas=replicas, operator=operator)
         return rec
+
+    async def _check_scale(self, rec: ServiceRecord, shimlet: Shimlet, replicas: int) -> None:
+        """The fit check a deploy runs, for the new replica count (refused scale-ups change nothing)."""
+        try:
+            pipeline = await self.registry.pipeline(rec.pipeline)
+        except PluginNotFound:
+            return  # a hot-loaded pipeline that is gone: nothing can check; the shimlet still can refuse
+        if isinstance(pipeline, ScaleChecker):
+            spec = DeploySpec.model_validate(rec.spec)
+            await asyncio.to_thread(pipeline.check_scale, spec, rec.outputs, replicas, shimlet)  # reads /proc
 
     async def retry(self, service_id: str, operator: str) -> ServiceRecord:
         """Run a failed service's pipeline again from the step that failed."""

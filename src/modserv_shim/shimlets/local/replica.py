@@ -48,10 +48,22 @@ from modserv_shim.shimlets.local.state import ReplicaRecord
 log = logging.getLogger(__name__)
 
 HTTP_PROBE_MAX_INTERVAL = 0.5  # a server that listens but is not ready yet (loading) is asked at most this often
+SHIM_ENV_PREFIX = "MODSERV_"  # the shim's own settings: API tokens, database URL (with its password)
+
+
+def inherited_environment() -> dict[str, str]:
+    """The shim's environment without the shim's own settings, for a model server to start with.
+
+    The admin's environment (PATH, HOME, locale, proxies, thread counts) is what the runtime
+    needs to start; the shim's ``MODSERV_*`` settings (tokens, database credentials) are not
+    its business.  What a *request* adds on top has passed the runtime's allowlist.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith(SHIM_ENV_PREFIX)}
 
 
 class ReplicaPhase(StrEnum):
     STARTING = "starting"  # running, has not answered its ready path yet
+    ADOPTED = "adopted"  # found running after a restart of the shim, not probed yet: its state is unknown
     READY = "ready"
     RESTARTING = "restarting"  # exited; waiting out the backoff
     FAILED = "failed"  # gave up: will not be restarted
@@ -182,7 +194,7 @@ class Replica:
         record.argv = launch.argv(self.env.options.host, record.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered Python output, so the log (and a FAILED reason) shows the last words.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **launch.env, procfs.OWNER_ENV: self.env.owner}
+        env = {**inherited_environment(), "PYTHONUNBUFFERED": "1", **launch.env, procfs.OWNER_ENV: self.env.owner}
         with self.log_path.open("ab") as log_file:
             log_file.write(logfiles.marker(self.index, record.argv))
             log_file.flush()
@@ -251,6 +263,9 @@ class Replica:
             if listening and probe.result():
                 self._became_ready()
                 return
+            if self.phase is ReplicaPhase.ADOPTED:  # now observed: it does not answer (yet)
+                self.phase = ReplicaPhase.STARTING
+                self.env.changed()
             if listening:
                 interval, http_interval = http_interval, min(http_interval * 2, HTTP_PROBE_MAX_INTERVAL)
             left = deadline - time.monotonic()

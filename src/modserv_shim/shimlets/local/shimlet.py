@@ -302,6 +302,8 @@ class LocalShimlet:
                 replica.forget_process()  # and kill the workers it may have left behind
                 if record.was_ready:
                     problem = f"replica {rec.index} was not running when the shim started; starting it again"
+            elif rec.pid is not None:
+                replica.phase = ReplicaPhase.ADOPTED  # alive, but whether it answers is not known yet
             replica.supervise(problem=problem)
         self._changed(record.resource_id)
 

@@ -4,8 +4,11 @@
              the reason quotes its exit code and last log lines.
 * READY    — every desired replica answers its ready path.
 * DEGRADED — the resource was READY once and a replica is down or restarting.
+* UNKNOWN  — a replica found running after a restart of the shim has not been
+             probed yet: nothing is claimed until it is (a restart must not flip
+             a running service to degraded for the moment the probe takes).
 * PENDING  — anything else: starting for the first time, or a new replica after
-             a scale-up, or a re-adopted replica not probed yet.
+             a scale-up.
 
 Computed from memory only, so ``status()`` never waits on a process.
 """
@@ -39,6 +42,10 @@ def summarize(record: ResourceRecord, replicas: Sequence[Replica], endpoint_host
         return status(ResourcePhase.FAILED, record.failed_reason)
     if ready >= desired:
         return status(ResourcePhase.READY, None)
+    adopted = [str(r.index) for r in replicas if r.phase is ReplicaPhase.ADOPTED]
+    if adopted:
+        return status(ResourcePhase.UNKNOWN, f"replica {', '.join(adopted)} found running after a restart of the"
+                      " shim; probing it")
     problems = "; ".join(r.problem for r in troubled if r.problem)
     if record.was_ready and troubled:
         return status(ResourcePhase.DEGRADED, problems)
