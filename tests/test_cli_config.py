@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modserv_shim.config import Settings
-from tests.conftest import Live, fake_settings
+from tests.conftest import Live, fake_settings, free_port
 from tests.test_api_flows import DEPLOY
 
 CLI = [sys.executable, "-m", "modserv_shim.cli"]
@@ -76,7 +76,8 @@ async def test_step_overrides_from_config_file(start_server, tmp_path: Path) -> 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("pipelines:\n  fake:\n    steps:\n      deploy: {timeout: 0.2, retry: {attempts: 1}}\n")
     base = fake_settings(tmp_path)
-    settings = Settings.load(cfg, data_dir=base.data_dir, shimlet="fake", pipeline="fake", port=base.port)
+    settings = Settings.load(cfg, data_dir=base.data_dir, shimlet="fake", pipeline="fake", port=base.port,
+                             allowed_env=base.allowed_env)
     live: Live = await start_server(settings)
     spec = {**DEPLOY, "env": {"FAKE_SLEEP_DEPLOY": "5"}}
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=spec))["data"]["serviceId"]
@@ -86,3 +87,116 @@ async def test_step_overrides_from_config_file(start_server, tmp_path: Path) -> 
     deploy = pipe["steps"][1]
     assert deploy["timeout"] == 0.2 and deploy["retry"]["attempts"] == 1 and deploy["attempts"] == 1
     assert pipe["steps"][0]["retry"]["attempts"] == 3  # other steps keep their own policy
+
+
+# --- broken config and tokens files: one line on stderr naming the file, status 2, no traceback
+
+
+def assert_one_line_exit_2(r: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model-serve-shim: "), r.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("port: [1,\n", ("invalid YAML", "line 2, column 1")),
+    ("port: 8080\nshimlet: local\n  pipeline: x\n", ("line 3, column 11", "mapping values are not allowed here")),
+    ("- port: 8080\n", ("must be a YAML mapping (key: value lines), not a list",)),
+    ("8080\n", ("must be a YAML mapping (key: value lines), not a single int value",)),
+])
+def test_broken_config_file_is_one_line_and_exit_2(tmp_path: Path, text: str, needles: tuple[str, ...]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    r = run_cli(f"--config={cfg}", f"--data-dir={tmp_path}")
+    assert_one_line_exit_2(r, f"bad configuration: config file {cfg}", *needles)
+
+
+def test_config_path_that_is_no_readable_file(tmp_path: Path) -> None:
+    r = run_cli(f"--config={tmp_path}", f"--data-dir={tmp_path}")
+    assert_one_line_exit_2(r, f"config file {tmp_path} is a directory, not a file")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"port: 8080\nhost: \xff\n")
+    with pytest.raises(ValueError, match=r"is not UTF-8 text \(bad byte at offset 17\)"):
+        Settings.load(cfg)
+    if os.geteuid() != 0:  # root reads anything
+        cfg.write_text("port: 8080\n")
+        cfg.chmod(0)
+        with pytest.raises(ValueError, match=f"cannot read config file {re.escape(str(cfg))}: Permission denied"):
+            Settings.load(cfg)
+
+
+def test_bad_values_are_one_line_without_the_values(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 99999\ntokens: [ada-admin-secret-0123456789]\nprt: 1\n")
+    line = assert_one_line_exit_2(run_cli(f"--config={cfg}", f"--data-dir={tmp_path}"), "bad configuration: ")
+    assert "port: Input should be less than or equal to 65535" in line
+    assert "tokens: Input should be a valid string" in line and "prt: Extra inputs are not permitted" in line
+    assert "ada-admin-secret" not in line
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("tokens: [a,\n", ("invalid YAML", "line 2, column 1")),
+    ("- {name: a}\n", ("must be a YAML mapping",)),
+    ("tokens: alice\n", ("tokens must be a list", "not str")),
+    ("tokens:\n  - {name: a, role: admin, token: ada-admin-secret-0123456789}\n"
+     "  - {name: b, role: viewer, token: ada-admin-secret-0123456789}\n",
+     ("token 'b'", "has the same secret as token 'a'", "tokens[0]", "tokens[1]")),
+])
+def test_broken_tokens_file_is_one_line_and_exit_2(tmp_path: Path, text: str, needles: tuple[str, ...]) -> None:
+    f = tmp_path / "tokens.yaml"
+    f.write_text(text)
+    line = assert_one_line_exit_2(run_cli(f"--tokens-file={f}", f"--data-dir={tmp_path}"),
+                                  "model-serve-shim: cannot read API tokens: ", str(f), *needles)
+    assert "ada-admin-secret" not in line
+
+
+def test_missing_tokens_file_and_malformed_modserv_tokens(tmp_path: Path) -> None:
+    r = run_cli(f"--tokens-file={tmp_path / 'nope.yaml'}", f"--data-dir={tmp_path}")
+    assert_one_line_exit_2(r, f"cannot read API tokens: tokens file not found: {tmp_path / 'nope.yaml'}")
+    r = run_cli(f"--data-dir={tmp_path}", env={"MODSERV_TOKENS": "ada:admin"})
+    assert_one_line_exit_2(r, "cannot read API tokens: MODSERV_TOKENS entry 1 must look like name:role:token")
+    f = tmp_path / "tokens.yaml"
+    f.write_text("tokens:\n  - {name: vera, role: viewer, token: vera-viewer-secret-0123456789}\n")
+    r = run_cli(f"--tokens-file={f}", f"--data-dir={tmp_path}",
+                env={"MODSERV_TOKENS": "ada:admin:vera-viewer-secret-0123456789"})
+    line = assert_one_line_exit_2(
+        r, f"token 'ada' (MODSERV_TOKENS entry 1) has the same secret as token 'vera' ({f}: tokens[0])")
+    assert "vera-viewer-secret" not in line
+
+
+# --- IPv6 addresses: brackets in URLs, loopback without tokens
+
+
+def test_listen_url_brackets_ipv6() -> None:
+    from modserv_shim.cli import listen_url
+
+    assert listen_url("::1", 8080) == "http://[::1]:8080"
+    assert listen_url("[::1]", 8080, tls=True) == "https://[::1]:8080"
+    assert listen_url("fe80::1%eth0", 80) == "http://[fe80::1%25eth0]:80"
+    assert listen_url("127.0.0.1", 8080) == "http://127.0.0.1:8080"
+    assert listen_url("localhost", 443, tls=True) == "https://localhost:443"
+    assert Settings.load(None, host="[::1]").host == "::1"
+
+
+def test_banner_for_ipv6_loopback(tmp_path: Path) -> None:
+    """``--host ::1`` is loopback (no tokens needed) and the banner's URL has brackets."""
+    proc = subprocess.Popen([*CLI, "--host=::1", f"--port={free_port()}", f"--data-dir={tmp_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MODSERV_TOKENS": ""})
+    try:
+        assert proc.stderr is not None
+        banner = ""  # printed before the server binds (IPv6 may be off on this machine)
+        while "listening on" not in banner and (line := proc.stderr.readline()):
+            banner = line
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert re.search(r" listening on http://\[::1\]:\d+ \(shimlet=local, pipeline=opensourcellm", banner), banner

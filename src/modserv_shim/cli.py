@@ -2,8 +2,16 @@
 
     model-serve-shim --port=8080 --shimlet=k8s --pipeline=opensourcellm
     model-serve-shim --version
+    model-serve-shim --host=0.0.0.0 --tokens-file=tokens.yaml --tls-certfile=cert.pem --tls-keyfile=key.pem
 
 Precedence: flags > ``MODSERV_*`` environment > ``--config`` YAML file > defaults.
+
+A configuration the server cannot start with (a config or tokens file that is missing,
+unreadable, not YAML or of the wrong shape; a bad value; an unknown shimlet or pipeline;
+a token listed twice; only one of ``--tls-certfile``/``--tls-keyfile``, or a certificate
+and key that cannot be loaded together; a non-loopback address without API tokens)
+prints one line ``model-serve-shim: ...`` on stderr and exits with status 2.  With a
+certificate and key the API is served over HTTPS only.
 """
 
 from __future__ import annotations
@@ -46,8 +54,28 @@ def _version(value: bool) -> None:
 
 
 def fail(message: str) -> typer.Exit:
-    typer.echo(f"model-serve-shim: {message}", err=True)
+    typer.echo(f"model-serve-shim: {' '.join(message.split())}", err=True)
     return typer.Exit(2)
+
+
+def describe(exc: ValidationError) -> str:
+    """pydantic's errors on one line, without the offending values (they may be secrets)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        msg = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def listen_url(host: str, port: int, *, tls: bool = False) -> str:
+    """The base URL of the API: an IPv6 address goes in brackets (``http://[::1]:8080``)."""
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if ":" in h:
+        h = "[" + h.replace("%", "%25") + "]"
+    return f"{'https' if tls else 'http'}://{h}:{port}"
 
 
 @app.command()
@@ -63,21 +91,29 @@ def main_command(
     plugin_dir: Annotated[Path | None, typer.Option(help="Directory plugin files may be loaded from.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     log_format: Annotated[str | None, typer.Option(help="console or json.")] = None,
+    tls_certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve the API over HTTPS. Needs --tls-keyfile.")
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None, typer.Option(help="PEM private key of --tls-certfile (unencrypted).")
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Start the ModelServeShim server."""
     from modserv_shim import logs
-    from modserv_shim.server.runner import build, build_registry, serve
+    from modserv_shim.server.runner import TLSConfigError, build, build_registry, check_tls, serve
 
     try:
         settings = Settings.load(
             config, port=port, host=host, shimlet=shimlet, pipeline=pipeline, data_dir=data_dir,
             database_url=database_url, tokens_file=tokens_file, plugin_dir=plugin_dir,
-            log_level=log_level, log_format=log_format,
+            log_level=log_level, log_format=log_format, tls_certfile=tls_certfile, tls_keyfile=tls_keyfile,
         )
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
+    except ValidationError as exc:
+        raise fail(f"bad configuration: {describe(exc)}") from None
+    except (ValueError, OSError) as exc:  # ConfigFileError, pydantic-settings' SettingsError
         raise fail(f"bad configuration: {exc}") from None
     logs.configure(settings.log_level, settings.log_format)
     registry = build_registry(settings)
@@ -87,16 +123,27 @@ def main_command(
             raise fail(f"unknown {kind} {name!r}; available: {available}")
     try:
         tokens = TokenTable.load(settings.tokens_file, settings.tokens)
-    except (ShimError, OSError, KeyError) as exc:
+    except (ShimError, ValueError, OSError) as exc:
         raise fail(f"cannot read API tokens: {exc}") from None
     if len(tokens) == 0 and not is_loopback(settings.host):
         raise fail(
             f"refusing to listen on {settings.host} without API tokens: configure --tokens-file or"
             " MODSERV_TOKENS, or listen on 127.0.0.1"
         )
-    typer.echo(f"{version_text()} listening on http://{settings.host}:{settings.port}"
+    tls = settings.tls_certfile is not None and settings.tls_keyfile is not None
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        try:
+            check_tls(settings.tls_certfile, settings.tls_keyfile)
+        except TLSConfigError as exc:
+            raise fail(str(exc)) from None
+    try:
+        server = build(settings, registry)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise fail(f"cannot prepare the server's directories:{where}: {exc.strerror or exc}") from None
+    typer.echo(f"{version_text()} listening on {listen_url(settings.host, settings.port, tls=tls)}"
                f" (shimlet={settings.shimlet}, pipeline={settings.pipeline}, data={settings.data_dir})", err=True)
-    serve(build(settings, registry))
+    serve(server)
 
 
 def main() -> None:

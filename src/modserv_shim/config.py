@@ -27,8 +27,44 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+
+class ConfigFileError(ValueError):
+    """A YAML configuration file (``--config``, ``--tokens-file``) that cannot be used; the message names it."""
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file is an empty mapping), or a one-line
+    :class:`ConfigFileError` naming the file, and the line and column of a YAML syntax error.
+    Messages never quote the file's content (a tokens file holds secrets)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{what} {path} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+        raise ConfigFileError(f"{what} {path}{at}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{what} {path}: invalid YAML: {type(exc).__name__}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a single {type(data).__name__} value"
+        raise ConfigFileError(f"{what} {path} must be a YAML mapping (key: value lines), not {kind}")
+    return data
 
 
 def default_data_dir() -> Path:
@@ -106,13 +142,34 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
+    @field_validator("host")
+    @classmethod
+    def _unbracket_host(cls, value: str) -> str:
+        """``[::1]`` (the URL form of an IPv6 address) is the address ``::1``."""
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            value = value[1:-1]
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = ("certfile", "keyfile") if self.tls_keyfile is None else ("keyfile", "certfile")
+            raise ValueError(f"tls_{given} is set but tls_{missing} is not: TLS needs both a certificate"
+                             " (--tls-certfile) and its private key (--tls-keyfile), or neither")
+        return self
+
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
-        """Build settings from a YAML file, the environment and explicit flags (None = not given)."""
-        if config_file is not None and not config_file.is_file():
-            raise FileNotFoundError(f"config file not found: {config_file}")
-        given = {k: v for k, v in flags.items() if v is not None}
+        """Build settings from a YAML file, the environment and explicit flags (None = not given).
+
+        A config file that is missing, unreadable, not YAML or not a mapping raises
+        :class:`ConfigFileError` (a ``ValueError``); bad values raise pydantic's ``ValidationError``."""
         config = SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})
+        if config_file is not None:
+            read_yaml_mapping(config_file, "config file")  # clear errors before pydantic-settings reads it
+            config["yaml_file_encoding"] = "utf-8"
+        given = {k: v for k, v in flags.items() if v is not None}
         bound = type("Settings", (cls,), {"model_config": config})
         settings: Settings = bound(**given)
         return settings

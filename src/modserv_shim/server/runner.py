@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -102,8 +104,47 @@ class _Uvicorn(uvicorn.Server):
         self.manager.stop_waiting()
 
 
+class TLSConfigError(ValueError):
+    """The TLS certificate or key cannot be used; the message names the file."""
+
+
+def _encrypted_key() -> str:
+    raise TLSConfigError("the TLS private key is encrypted: give an unencrypted key file (readable by this user only)")
+
+
+def check_tls(certfile: Path, keyfile: Path) -> None:
+    """Load the certificate and key the way the server will, so that a missing or unreadable file,
+    a file that is not PEM or a key that does not match the certificate is a clear error at start."""
+    for what, path in (("certificate", certfile), ("private key", keyfile)):
+        try:
+            path.read_bytes()
+        except FileNotFoundError:
+            raise TLSConfigError(f"TLS {what} file not found: {path}") from None
+        except IsADirectoryError:
+            raise TLSConfigError(f"TLS {what} file {path} is a directory, not a file") from None
+        except OSError as exc:
+            raise TLSConfigError(f"cannot read TLS {what} file {path}: {exc.strerror or exc}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_verify_locations(cafile=str(certfile))
+    except (ssl.SSLError, ValueError):
+        raise TLSConfigError(f"TLS certificate file {certfile} holds no PEM certificate") from None
+    try:
+        ctx.load_cert_chain(str(certfile), str(keyfile), password=_encrypted_key)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSConfigError(f"the TLS private key {keyfile} does not match the certificate {certfile}") from None
+        raise TLSConfigError(f"TLS private key file {keyfile} holds no PEM private key for the certificate"
+                             f" {certfile} ({exc.reason or exc.library or 'unreadable'})") from None
+    except TLSConfigError as exc:
+        raise TLSConfigError(f"{exc} ({keyfile})") from None
+
+
 def serve(server: Server) -> None:
     s = server.settings
+    tls: dict[str, Any] = {}
+    if s.tls_certfile is not None and s.tls_keyfile is not None:
+        tls = {"ssl_certfile": str(s.tls_certfile), "ssl_keyfile": str(s.tls_keyfile)}
     config = uvicorn.Config(server.app, host=s.host, port=s.port, log_level=s.log_level.lower(), access_log=False,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN, **tls)
     _Uvicorn(config, server.manager).run()
