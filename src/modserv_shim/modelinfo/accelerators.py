@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modserv_shim.errors import PermanentStepError
+from modserv_shim.modelinfo.limits import KERNEL_FILE_MAX_BYTES, FileRefused, read_capped
 
 GIB = 1024**3
 
@@ -150,7 +151,7 @@ class HostMemory:
 def read_host_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_dir: Path = Path("/sys/fs/cgroup")) -> HostMemory:
     """Read :class:`HostMemory` from ``/proc/meminfo`` (and cgroup v2, if limited)."""
     values: dict[str, int] = {}
-    for line in meminfo.read_text().splitlines():
+    for line in _read_kernel_file(meminfo).splitlines():
         key, _, rest = line.partition(":")
         parts = rest.split()
         if parts and parts[0].isdigit():
@@ -164,15 +165,20 @@ def read_host_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_dir: Path = P
     return HostMemory(total_bytes=total, available_bytes=available)
 
 
+def _read_kernel_file(path: Path) -> str:
+    """A /proc or cgroup file, read with the same byte cap as model files (:mod:`.limits`)."""
+    return read_capped(path, KERNEL_FILE_MAX_BYTES).decode("utf-8", errors="replace")
+
+
 def _cgroup_limit(cgroup_dir: Path) -> tuple[int | None, int | None]:
     try:
-        raw_max = (cgroup_dir / "memory.max").read_text().strip()
-    except OSError:
+        raw_max = _read_kernel_file(cgroup_dir / "memory.max").strip()
+    except (OSError, FileRefused):
         return None, None
     if not raw_max.isdigit():  # "max": no limit
         return None, None
     try:
-        used = int((cgroup_dir / "memory.current").read_text().strip())
-    except (OSError, ValueError):
+        used = int(_read_kernel_file(cgroup_dir / "memory.current").strip())
+    except (OSError, FileRefused, ValueError):
         used = None
     return int(raw_max), used

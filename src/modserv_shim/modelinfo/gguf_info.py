@@ -20,9 +20,13 @@ from gguf.constants import GGMLQuantizationType, LlamaFileType
 
 from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid, model_not_found, readable
 from modserv_shim.modelinfo.gguf_layout import GGUFArray, GGUFLayout, TensorInfo, read_layout
+from modserv_shim.modelinfo.limits import file_kind
 
 # llama.cpp's default KV cache type is f16.
 DEFAULT_KV_BYTES = 2
+# general.architecture and general.name end up in messages, logs and stored facts; real ones
+# are a word or a short title.  A longer "name" is not one (the file's name is used instead).
+MAX_NAME_CHARS = 256
 
 
 def inspect_gguf(path: str | Path) -> ModelFacts:
@@ -38,7 +42,8 @@ def inspect_gguf(path: str | Path) -> ModelFacts:
         raise model_not_found(where)
     if not p.is_file():
         raise ModelInvalid(
-            f"model file {where} is not a regular file; a GGUF model is one file ending in .gguf",
+            f"model file {where} is not a regular file but {file_kind(p.stat().st_mode)}; a GGUF model is one"
+            " file ending in .gguf",
             problem="not_a_file",
             path=where,
         )
@@ -54,6 +59,14 @@ def _facts(layout: GGUFLayout) -> ModelFacts:
     if not isinstance(arch, str) or not arch:
         raise ModelInvalid(
             f"model file {where} has no general.architecture in its metadata, so no runtime can load it",
+            problem="bad_metadata",
+            path=where,
+        )
+    if len(arch) > MAX_NAME_CHARS or not arch.isprintable():  # it goes into every message below
+        shown = arch[:40] + "..." if len(arch) > 40 else arch
+        raise ModelInvalid(
+            f"model file {where} has general.architecture {shown!r} ({len(arch)} characters), which is not an"
+            " architecture name such as 'llama' or 'qwen2', so no runtime can load it",
             problem="bad_metadata",
             path=where,
         )
@@ -86,7 +99,7 @@ def _facts(layout: GGUFLayout) -> ModelFacts:
         format="gguf",
         path=where,
         architecture=arch,
-        name=name if isinstance(name, str) and name else Path(where).stem,
+        name=name if isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS else Path(where).stem,
         parameter_count=sum(t.n_elements for t in layout.tensors),
         weights_bytes=layout.data_bytes,
         context_length=context_length,

@@ -10,6 +10,12 @@ answer fast and in plain words, so this module walks the header itself:
 * every read is checked against the file size before it happens, so a short
   file is reported as *truncated* with the number of bytes expected and found;
 * array lengths are checked against the bytes left before anything is looped;
+* every count and length taken from the file is held to a cap (:mod:`.limits`)
+  before it is used: a string of 2**62 bytes, an array of 2**62 items or a
+  million tensors is reported as corrupt, not allocated or looped over, and a
+  string that fits in a 40 GB file is still not read when it is larger than any
+  real metadata (the whole header, and all the text decoded from it, have caps
+  too);
 * tensor data is never touched: the file is memory-mapped and only the header
   pages are read, so a 40 GB model costs a few milliseconds.
 
@@ -20,6 +26,8 @@ from the ``gguf`` package, so new tensor types arrive with a package upgrade.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +36,17 @@ from typing import Any
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
 
-from modserv_shim.modelinfo.facts import ModelInvalid
+from modserv_shim.modelinfo.facts import ModelInvalid, gib
+from modserv_shim.modelinfo.limits import (
+    GGUF_ARRAY_MAX_DEPTH,
+    GGUF_ARRAY_MAX_LENGTH,
+    GGUF_HEADER_MAX_BYTES,
+    GGUF_KV_MAX_COUNT,
+    GGUF_NAME_MAX_BYTES,
+    GGUF_TENSOR_MAX_COUNT,
+    GGUF_TEXT_MAX_BYTES,
+    file_kind,
+)
 
 MAGIC = b"GGUF"
 MAX_DIMS = 8  # ggml uses 4; anything above 8 is garbage, not a newer format
@@ -93,20 +111,42 @@ class _Corrupt(Exception):
     pass
 
 
+class _TooLarge(Exception):
+    pass
+
+
 _U64 = struct.Struct("<Q")
+# The fewest bytes one metadata entry / one tensor info can take: an empty key (8-byte
+# length) + a 4-byte type + a 1-byte value; an empty name + 4-byte dims + 4-byte type +
+# 8-byte offset.  A count is checked against them before it is looped over.
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
 
 
 class _Cursor:
-    """Little-endian reads over a memory map, each checked against its length."""
+    """Little-endian reads over a memory map, each checked against its length.
+
+    ``limit`` is where the header must end at the latest: the end of the file, or
+    :data:`GGUF_HEADER_MAX_BYTES` into it.  A read past the end of the file is
+    :class:`_EndOfFile` (truncated); past the cap inside a longer file, :class:`_TooLarge`.
+    ``text`` counts the bytes of strings decoded so far, against :data:`GGUF_TEXT_MAX_BYTES`.
+    """
 
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
         self.pos = 0
         self.size = len(buf)
+        self.limit = min(self.size, GGUF_HEADER_MAX_BYTES)
+        self.text = 0
 
     def need(self, n: int) -> None:
-        if n < 0 or self.pos + n > self.size:
+        if n < 0 or self.pos + n > self.limit:
+            self._past_limit(self.pos + n)
+
+    def _past_limit(self, end: int) -> None:
+        if end > self.size:
             raise _EndOfFile
+        raise _TooLarge(f"its header goes on past {gib(GGUF_HEADER_MAX_BYTES)}")
 
     def unpack(self, fmt: str) -> Any:
         n = struct.calcsize(fmt)
@@ -115,36 +155,46 @@ class _Cursor:
         self.pos += n
         return value
 
-    def string(self) -> str:
+    def string(self, what: str, cap: int) -> str:
+        """A length-prefixed string of at most ``cap`` bytes; ``what`` names it in an error."""
         n = self.unpack("<Q")
+        if n > cap:
+            raise _Corrupt(f"{what} claims {n} bytes, more than any real GGUF file has there (limit {cap})")
         self.need(n)
+        self.text += n
+        if self.text > GGUF_TEXT_MAX_BYTES:
+            raise _TooLarge(
+                f"the text of its metadata and tensor names adds up to more than {gib(GGUF_TEXT_MAX_BYTES)}"
+            )
         raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
-        n = self.unpack("<Q")
-        self.need(n)
-        self.pos += n
-
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, key: str) -> Any:
         try:
             t = GGUFValueType(vtype)
         except ValueError:
-            raise _Corrupt(f"unknown metadata value type {vtype}") from None
+            raise _Corrupt(f"metadata {_shown(key)} has unknown value type {vtype}") from None
         if t in _SCALARS:
             return self.unpack(_SCALARS[t])
         if t == GGUFValueType.STRING:
-            return self.string()
-        return self.array()
+            return self.string(f"the value of metadata {_shown(key)}", GGUF_TEXT_MAX_BYTES)
+        return self.array(key, 1)
 
-    def array(self) -> GGUFArray:
+    def array(self, key: str, depth: int) -> GGUFArray:
+        if depth > GGUF_ARRAY_MAX_DEPTH:
+            raise _Corrupt(f"metadata {_shown(key)} nests arrays more than {GGUF_ARRAY_MAX_DEPTH} deep")
         raw_item = self.unpack("<I")
         try:
             item = GGUFValueType(raw_item)
         except ValueError:
-            raise _Corrupt(f"unknown metadata array item type {raw_item}") from None
+            raise _Corrupt(f"metadata {_shown(key)} has unknown array item type {raw_item}") from None
         length = self.unpack("<Q")
+        if length > GGUF_ARRAY_MAX_LENGTH:
+            raise _Corrupt(
+                f"metadata {_shown(key)} claims an array of {length} items, more than any real model has"
+                f" (limit {GGUF_ARRAY_MAX_LENGTH})"
+            )
         if item in _SCALARS:
             width = struct.calcsize(_SCALARS[item])
             self.need(length * width)
@@ -159,23 +209,35 @@ class _Cursor:
         # that cannot fit in what is left is caught before we loop over it.
         self.need(length * 8)
         if item == GGUFValueType.STRING:
-            self._skip_strings(length)
+            self._skip_strings(length, key)
         else:
             for _ in range(length):
-                self.array()
+                self.array(key, depth + 1)
         return GGUFArray(item, length)
 
-    def _skip_strings(self, count: int) -> None:
+    def _skip_strings(self, count: int, key: str) -> None:
         """Skip ``count`` length-prefixed strings (a tokenizer's vocabulary: 30k-250k of them), in a
-        tight loop: ~0.2 us a string instead of ~1.5 us through :meth:`skip_string`."""
-        buf, pos, size, read_len = self.buf, self.pos, self.size, _U64.unpack_from
-        for _ in range(count):
-            if pos + 8 > size:
-                raise _EndOfFile
-            pos += 8 + read_len(buf, pos)[0]
-        if pos > size:
-            raise _EndOfFile
+        tight loop: ~0.2 us a string instead of ~1.5 us through :meth:`string`.  Skipped strings are
+        never decoded: each length is held to the cap of one string, their sum to the header's."""
+        buf, pos, limit, read_len = self.buf, self.pos, self.limit, _U64.unpack_from
+        for i in range(count):
+            if pos + 8 > limit:
+                self._past_limit(pos + 8)
+            n = read_len(buf, pos)[0]
+            if n > GGUF_TEXT_MAX_BYTES:
+                raise _Corrupt(
+                    f"item {i} of metadata {_shown(key)} claims a string of {n} bytes, more than any real GGUF"
+                    f" file has there (limit {GGUF_TEXT_MAX_BYTES})"
+                )
+            pos += 8 + n
+        if pos > limit:
+            self._past_limit(pos)
         self.pos = pos
+
+
+def _shown(name: str) -> str:
+    """A key or tensor name as a message shows it: quoted, and cut when it is long."""
+    return repr(name if len(name) <= 80 else name[:77] + "...")
 
 
 def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
@@ -189,10 +251,10 @@ def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: GGMLQuantizatio
 
 
 def _read_tensor_info(cur: _Cursor) -> TensorInfo:
-    name = cur.string()
+    name = cur.string("a tensor name", GGUF_NAME_MAX_BYTES)
     n_dims = cur.unpack("<I")
     if n_dims > MAX_DIMS:
-        raise _Corrupt(f"tensor {name} claims {n_dims} dimensions")
+        raise _Corrupt(f"tensor {_shown(name)} claims {n_dims} dimensions")
     shape = tuple(int(cur.unpack("<Q")) for _ in range(n_dims))
     raw_type = cur.unpack("<I")
     offset = cur.unpack("<Q")
@@ -231,10 +293,20 @@ def _walk(cur: _Cursor, path: str) -> GGUFLayout:
         )
     tensor_count = cur.unpack("<Q")
     kv_count = cur.unpack("<Q")
+    if tensor_count > GGUF_TENSOR_MAX_COUNT:
+        raise _Corrupt(
+            f"its header claims {tensor_count} tensors, more than any real model has (limit {GGUF_TENSOR_MAX_COUNT})"
+        )
+    if kv_count > GGUF_KV_MAX_COUNT:
+        raise _Corrupt(
+            f"its header claims {kv_count} metadata entries, more than any real model has (limit {GGUF_KV_MAX_COUNT})"
+        )
+    cur.need(kv_count * _MIN_KV_BYTES + tensor_count * _MIN_TENSOR_INFO_BYTES)
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
-        key = cur.string()
-        metadata[key] = cur.value(cur.unpack("<I"))
+        key = cur.string("a metadata key", GGUF_NAME_MAX_BYTES)
+        metadata[key] = cur.value(cur.unpack("<I"), key)
+    cur.need(tensor_count * _MIN_TENSOR_INFO_BYTES)
     tensors = tuple(_read_tensor_info(cur) for _ in range(tensor_count))
     alignment = metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -247,10 +319,19 @@ def read_layout(path: Path) -> GGUFLayout:
     """Walk the header of the GGUF file at ``path`` and check the data is all there.
 
     Raises :class:`ModelInvalid` with ``problem`` one of ``empty``, ``not_gguf``,
-    ``unsupported_version``, ``truncated`` or ``corrupt``.
+    ``unsupported_version``, ``truncated``, ``corrupt`` (including counts and lengths
+    over the caps of :mod:`.limits`), ``too_large`` (a header or its text over its
+    cap) or ``not_a_file``.
     """
     where = str(path)
+    # Path.open, not limits.open_regular: inspect_gguf has checked that this is a regular
+    # file, and the check after opening catches one swapped in since (mmap needs a file).
     with path.open("rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise ModelInvalid(
+                f"model file {where} is not a regular file but {file_kind(mode)}", problem="not_a_file", path=where
+            )
         size = f.seek(0, 2)
         if size == 0:
             raise ModelInvalid(f"model file {where} is empty (0 bytes)", problem="empty", path=where)
@@ -274,6 +355,13 @@ def read_layout(path: Path) -> GGUFLayout:
                 raise ModelInvalid(
                     f"model file {where} is corrupt: {e} (re-download or re-convert it)",
                     problem="corrupt",
+                    path=where,
+                ) from None
+            except _TooLarge as e:
+                raise ModelInvalid(
+                    f"model file {where} is not read: {e}, far more than the metadata of any real model"
+                    " (a vocabulary of 262k tokens takes ~10 MiB), so the file is damaged or not a model",
+                    problem="too_large",
                     path=where,
                 ) from None
     found = max(size - layout.data_offset, 0)

@@ -14,22 +14,28 @@ What is checked, and why only this much:
   and together the shards must hold at least the index's ``total_size``.
   Only ``stat`` and the header are read: shards can be tens of GB and may sit on
   a network filesystem.
+
+Every file is read with a byte cap (:mod:`.limits`): a 1 GiB file saved as
+``config.json`` is refused after a ``stat``, a FIFO without waiting on it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modserv_shim.modelinfo.facts import ModelFacts, ModelInvalid, readable
+from modserv_shim.modelinfo.limits import CONFIG_MAX_BYTES, INDEX_MAX_BYTES, read_model_json
 from modserv_shim.modelinfo.safetensors_check import ShardCheck, check_shard
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MAX_LISTED = 5  # shard names shown in a message before "..."
 DEFAULT_CONTEXT = 2048  # what vLLM assumes when a config names no maximum length
+# Architecture and hub names end up in messages, logs and stored facts; real ones are under
+# 100 characters, so a longer one is not a name.
+MAX_NAME_CHARS = 256
 
 DTYPE_BYTES = {
     "float32": 4,
@@ -62,7 +68,8 @@ def inspect_hf_folder(path: str | Path) -> ModelFacts:
     Raises :class:`~modserv_shim.modelinfo.facts.ModelInvalid` with ``problem``
     ``not_found``, ``unreadable``, ``missing_config``, ``bad_config``,
     ``missing_tokenizer``, ``missing_weights``, ``missing_shards``,
-    ``short_shards`` or ``corrupt``.
+    ``short_shards``, ``corrupt``, ``too_large`` (a metadata file over its cap in
+    :mod:`.limits`) or ``not_a_file`` (a FIFO, device... where a file should be).
     """
     folder = Path(path)
     where = str(folder)
@@ -82,19 +89,14 @@ def inspect_hf_folder(path: str | Path) -> ModelFacts:
 def _read_config(folder: Path) -> dict[str, Any]:
     where = str(folder)
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
+    if not cfg_path.exists():  # a FIFO or a directory by that name is refused by the read, in words
         raise ModelInvalid(
             f"config.json is missing in {where}: a Hugging Face model folder needs config.json,"
             " a tokenizer and safetensors weights",
             problem="missing_config",
             path=where,
         )
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelInvalid(
-            f"config.json in {where} is not valid JSON ({e})", problem="bad_config", path=where
-        ) from None
+    config = read_model_json(cfg_path, where, cap=CONFIG_MAX_BYTES, typical="a model's config.json is a few KiB")
     if not isinstance(config, dict):
         raise ModelInvalid(f"config.json in {where} is not a JSON object", problem="bad_config", path=where)
     archs = config.get("architectures")
@@ -103,6 +105,14 @@ def _read_config(folder: Path) -> dict[str, Any]:
     ):
         raise ModelInvalid(
             f"config.json in {where} names no architecture (neither 'architectures' nor 'model_type')",
+            problem="bad_config",
+            path=where,
+        )
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else config["model_type"]
+    if len(arch) > MAX_NAME_CHARS:  # it goes into messages, logs and the stored facts
+        raise ModelInvalid(
+            f"config.json in {where} names an architecture of {len(arch)} characters ({arch[:40]!r}...), which"
+            " is not an architecture name such as 'LlamaForCausalLM'",
             problem="bad_config",
             path=where,
         )
@@ -129,11 +139,12 @@ def _check_tokenizer(folder: Path) -> None:
 def _check_weights(folder: Path) -> tuple[int, int | None]:
     """Bytes of tensor data in the weight files, and the index's ``total_size`` (if any)."""
     where = str(folder)
-    if (folder / INDEX_FILE).is_file():
+    # exists(), not is_file(): a FIFO or device by these names is refused in words when read
+    if (folder / INDEX_FILE).exists():
         return _check_index(folder)
-    files = [folder / SINGLE_FILE] if (folder / SINGLE_FILE).is_file() else []
+    files = [folder / SINGLE_FILE] if (folder / SINGLE_FILE).exists() else []
     # e.g. Mistral's consolidated.safetensors, which loaders also find by globbing
-    files = files or sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    files = files or sorted(p for p in folder.glob("*.safetensors") if not p.is_dir())
     if not files:
         hint = ""
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
@@ -150,12 +161,12 @@ def _check_weights(folder: Path) -> tuple[int, int | None]:
 
 def _check_index(folder: Path) -> tuple[int, int | None]:
     where = str(folder)
-    try:
-        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelInvalid(
-            f"{INDEX_FILE} in {where} is not valid JSON ({e})", problem="bad_config", path=where
-        ) from None
+    index = read_model_json(
+        folder / INDEX_FILE,
+        where,
+        cap=INDEX_MAX_BYTES,
+        typical="a safetensors index is ~100 bytes a tensor, a few MiB even for the largest models",
+    )
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelInvalid(
@@ -170,7 +181,7 @@ def _check_index(folder: Path) -> tuple[int, int | None]:
                 problem="bad_config",
                 path=where,
             )
-    missing = [name for name in shards if not (folder / name).is_file()]
+    missing = [name for name in shards if not (folder / name).exists()]
     if missing:
         raise ModelInvalid(
             f"{len(missing)} of {len(shards)} shards listed in {INDEX_FILE} are missing: {_listing(missing)}"
@@ -198,17 +209,21 @@ def _check_index(folder: Path) -> tuple[int, int | None]:
 
 
 def _raise_for_bad_shards(where: str, checks: list[ShardCheck]) -> None:
-    for problem, tag, adjective in (("corrupt", "corrupt", "corrupt"), ("short", "short_shards", "cut short")):
+    kinds = (
+        ("not_a_file", "not_a_file", "not a regular file", "not regular files"),
+        ("corrupt", "corrupt", "corrupt", "corrupt"),
+        ("short", "short_shards", "cut short", "cut short"),
+    )
+    for problem, tag, one, many in kinds:
         bad = [c for c in checks if c.problem == problem]
         if not bad:
             continue
         described = [f"{c.name} ({c.reason})" for c in bad]
         if len(checks) == 1:
-            message = f"{bad[0].name} in {where} is {adjective}: it {bad[0].reason} (re-download it)"
+            message = f"{bad[0].name} in {where} is {one}: it {bad[0].reason} (re-download it)"
         else:
             message = (
-                f"{len(bad)} of {len(checks)} shards in {where} are {adjective}: {_listing(described)}"
-                " (re-download them)"
+                f"{len(bad)} of {len(checks)} shards in {where} are {many}: {_listing(described)} (re-download them)"
             )
         raise ModelInvalid(message, problem=tag, path=where, details={problem: [c.name for c in bad]})
 
@@ -290,7 +305,7 @@ def _facts(where: str, config: dict[str, Any], weights_bytes: int, index_total: 
 def _display_name(config: Mapping[str, Any], where: str) -> str:
     """The hub id the checkpoint was saved from (``meta-llama/Llama-3-70B``), else the folder name."""
     saved_from = config.get("_name_or_path")
-    if isinstance(saved_from, str) and saved_from and not saved_from.startswith(("/", ".")):
+    if isinstance(saved_from, str) and 0 < len(saved_from) <= MAX_NAME_CHARS and not saved_from.startswith(("/", ".")):
         return saved_from
     return Path(where).name
 
