@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
+import re
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -30,8 +33,9 @@ from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State, 
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import Event, PluginRecord, ServiceRecord, StepLog, StepRun, now
 from modserv_shim.core.registry import Kind, Registry
-from modserv_shim.core.store import Store
+from modserv_shim.core.store import IdempotencyKey, Store
 from modserv_shim.errors import (
+    IdempotencyConflict,
     NotFound,
     NotSupported,
     PluginNotFound,
@@ -58,6 +62,7 @@ log = structlog.get_logger("modserv_shim.manager")
 SYSTEM = "system"
 WATCH_SAFETY_POLLS = 10  # watched services are polled too, every 10th round
 PIPELINE_CANCEL_WAIT = 10.0  # a delete waits this long for a cancelled step to stop
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class ServiceManager:
         self.executor = Executor(store, self.clock, self.metrics, config.data_dir)
         self._live: dict[str, ServiceRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pipelines: dict[str, asyncio.Task[None]] = {}
         self._terminations: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -243,7 +249,36 @@ class ServiceManager:
             raise refuse("runtimeArgs", f"the {pipeline_name} pipeline does not declare which runtime arguments"
                          " it accepts, so none are")
 
-    async def deploy(self, spec: DeploySpec, operator: str) -> ServiceRecord:
+    async def deploy_once(self, spec: DeploySpec, operator: str, key: str) -> tuple[ServiceRecord, bool]:
+        """A deploy with an ``Idempotency-Key``: the same key and body (from the same caller, within a day)
+        return the service the first request created, with True; the same key with another body is an
+        :class:`IdempotencyConflict`.  The key is stored in the transaction that stores the service."""
+        if not IDEMPOTENCY_KEY_RE.match(key):
+            raise ValidationFailed("the Idempotency-Key header must be 1 to 255 printable ASCII characters"
+                                   " without spaces (a UUID is a good choice)")
+        digest = hashlib.sha256(json.dumps(spec.wire(), sort_keys=True).encode()).hexdigest()
+        lock = self._key_locks.setdefault((operator, key), asyncio.Lock())
+        try:
+            async with lock:  # one request per key at a time here; the store's primary key guards other processes
+                while True:
+                    found = await self.store.find_idempotency_key(operator, key)
+                    if found is not None:
+                        if found.body_sha256 != digest:
+                            raise IdempotencyConflict(
+                                f"the Idempotency-Key {key!r} was used for another deploy ({found.service_id})"
+                                " with a different body; use a new key for a new deploy")
+                        return await self.get(found.service_id), True
+                    try:
+                        return await self.deploy(spec, operator, idempotency=(key, digest)), False
+                    except IdempotencyConflict:
+                        continue  # another process took the key between our look and our write: look again
+        finally:
+            if not lock.locked():
+                self._key_locks.pop((operator, key), None)
+
+    async def deploy(
+        self, spec: DeploySpec, operator: str, *, idempotency: tuple[str, str] | None = None
+    ) -> ServiceRecord:
         """Store the accepted deploy, then run its pipeline in the background."""
         shimlet_name, pipeline_name, _, _ = await self._plugins_for(spec)
         steps = await self.steps_of(pipeline_name)
@@ -258,7 +293,8 @@ class ServiceManager:
             replicas_desired=spec.replicaCount,
             operator=operator,
         )
-        await self.store.insert_service(rec)  # accepted == durable: kill -9 after this loses nothing
+        key = IdempotencyKey(operator, idempotency[0], idempotency[1], rec.id, rec.created_at) if idempotency else None
+        await self.store.insert_service(rec, key)  # accepted == durable: kill -9 after this loses nothing
         self._live[rec.id] = rec
         self.metrics.transitions.labels(from_state="", to_state=rec.state.value).inc()
         self.metrics.services.labels(state=rec.state.value).inc()

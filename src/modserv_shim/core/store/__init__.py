@@ -35,16 +35,27 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping, make_url
+from sqlalchemy.exc import IntegrityError
 
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.records import Event, PluginRecord, RunStatus, ServiceRecord, StepLog, StepRun, now
 from modserv_shim.core.store import tables as t
 from modserv_shim.core.store.backends import AsyncBackend, Backend, SQLiteBackend, is_sqlite
-from modserv_shim.errors import BackendUnavailable
+from modserv_shim.errors import BackendUnavailable, IdempotencyConflict
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 WRITE_BEHIND = 0.05  # seconds a write made with durable=False may wait (it goes earlier with the next write)
+IDEMPOTENCY_TTL = 24 * 3600.0  # seconds an Idempotency-Key is remembered (a retry comes within minutes)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKey:
+    principal: str
+    key: str
+    body_sha256: str
+    service_id: str
+    created_at: float
 
 log = structlog.get_logger("modserv_shim.store")
 
@@ -187,16 +198,45 @@ class Store:
 
     # ---------------------------------------------------------------- services
 
-    async def insert_service(self, rec: ServiceRecord) -> None:
+    async def insert_service(self, rec: ServiceRecord, idempotency: IdempotencyKey | None = None) -> None:
+        """Store an accepted deploy with its first event (and its idempotency key), in one transaction.
+
+        Raises :class:`~modserv_shim.errors.IdempotencyConflict` when the key was taken meanwhile
+        (by another process sharing the database); the caller looks it up again.
+        """
         row = _row(rec)
         event = {"service_id": rec.id, "ts": rec.created_at, "from_state": None, "to_state": rec.state.value,
                  "reason": None, "operator": rec.operator}
+        key_row = dataclasses.asdict(idempotency) if idempotency else None
 
         def op(conn: Connection) -> None:
+            if key_row is not None:
+                conn.execute(delete(t.idempotency_keys).where(
+                    (t.idempotency_keys.c.principal == key_row["principal"])
+                    & (t.idempotency_keys.c.key == key_row["key"])
+                    & (t.idempotency_keys.c.created_at < key_row["created_at"] - IDEMPOTENCY_TTL)))
+                conn.execute(insert(t.idempotency_keys), key_row)
             conn.execute(_INSERT_SERVICE, row)
             conn.execute(_INSERT_EVENT, event)
 
-        await self.write(op)
+        try:
+            await self.write(op)
+        except IntegrityError as exc:
+            if key_row is None:
+                raise
+            raise IdempotencyConflict("this Idempotency-Key was just used by another request") from exc
+
+    async def find_idempotency_key(self, principal: str, key: str) -> IdempotencyKey | None:
+        """The deploy made with ``key`` by ``principal`` within the last IDEMPOTENCY_TTL seconds."""
+        q = select(t.idempotency_keys).where(
+            (t.idempotency_keys.c.principal == principal) & (t.idempotency_keys.c.key == key)
+            & (t.idempotency_keys.c.created_at >= now() - IDEMPOTENCY_TTL))
+
+        def op(conn: Connection) -> IdempotencyKey | None:
+            row = conn.execute(q).mappings().first()
+            return IdempotencyKey(**dict(row)) if row else None
+
+        return await self.read(op)
 
     async def get_service(self, service_id: str) -> ServiceRecord | None:
         def op(conn: Connection) -> ServiceRecord | None:

@@ -72,6 +72,16 @@ events = Table(
     Index("ix_events_service", "service_id", "id"),
 )
 
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("principal", String(120), primary_key=True),  # keys are per caller: two callers never collide
+    Column("key", String(255), primary_key=True),
+    Column("body_sha256", String(64), nullable=False),
+    Column("service_id", String(120), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 plugins = Table(
     "plugins",
     metadata,
