@@ -65,7 +65,10 @@ What is simplified:
   * Deleting a namespace removes its content at once; pod grace periods use
     ``SimConfig.pod_grace_seconds`` (default 0: immediate) instead of the requested seconds.
   * Logs are one buffer per pod (``previous=true`` returns it too); ``follow`` polls every 50 ms.
-  * The service proxy forwards to a backend URL the test registers, not to pod IPs.
+  * The service proxy forwards to a backend URL the test registers (per service, or one default for
+    all), not to pod IPs.
+  * API faults (``ApiFault``): Status errors, or a TCP reset before the request is handled or after it
+    (the write took effect, the answer is lost).
   * Timings are scaled down (tens of milliseconds) and configurable in ``SimConfig``.
 """
 

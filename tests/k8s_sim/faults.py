@@ -7,7 +7,9 @@
   (``CreateContainerConfigError``) or a readiness probe that never passes.  Faults are looked up
   every time the simulated kubelet (re)starts a container, so removing one lets pods recover.
 * :class:`ApiFault` -- the next ``count`` matching API requests (or a ``ratio`` of them) fail with
-  ``status`` (500, 429 with ``Retry-After``, 503, ...).
+  ``status`` (500, 429 with ``Retry-After``, 503, ...), or have their TCP connection reset
+  (``reset="before"``: nothing was done; ``reset="after"``: the request was carried out and its
+  answer is lost, as when a connection breaks on the way back).
 
 Watch faults (dropped connections, expired resourceVersions) are methods of the ``Sim`` object.
 """
@@ -84,6 +86,10 @@ class ApiFault:
     matching requests that fail (drawn from the simulator's seeded random source).
     ``method`` (e.g. ``"PATCH"``) and ``path_contains`` (e.g. ``"/deployments"``) narrow the match;
     ``include_watch=False`` spares watch requests.
+
+    ``reset`` replaces the answer by a TCP reset (RST) of the connection: ``"before"`` the request
+    is handled (nothing changed) or ``"after"`` it (a write took effect; the client cannot know).
+    A watch is always reset before it starts.
     """
 
     status: int = 500
@@ -94,6 +100,16 @@ class ApiFault:
     path_contains: str | None = None
     include_watch: bool = True
     message: str | None = None
+    reset: str | None = None  # None | "before" | "after"
+
+    def __post_init__(self) -> None:
+        if self.reset not in (None, "before", "after"):
+            raise ValueError(f"ApiFault.reset must be None, 'before' or 'after', got {self.reset!r}")
+
+    @property
+    def label(self) -> str:
+        """What the fault does, for counters: ``"500"``, ``"429"``, ``"reset-before"``, ..."""
+        return f"reset-{self.reset}" if self.reset else str(self.status)
 
     def matches(self, method: str, path: str, is_watch: bool) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -119,6 +135,7 @@ class FaultBook:
     _pod: dict[int, PodFault] = field(default_factory=dict)
     _api: dict[int, _ApiFaultState] = field(default_factory=dict)
     _next_id: int = 1
+    fired: dict[str, int] = field(default_factory=dict)  # label -> firings so far (survives removal)
 
     def add(self, fault: PodFault | ApiFault) -> int:
         with self._lock:
@@ -140,6 +157,11 @@ class FaultBook:
             self._pod.clear()
             self._api.clear()
 
+    def fired_counts(self) -> dict[str, int]:
+        """How many requests each kind of API fault has hit so far (``{"500": 12, "reset-after": 3}``)."""
+        with self._lock:
+            return dict(self.fired)
+
     def pod_fault(self, pod: dict[str, Any], *kinds: PodFaultKind) -> PodFault | None:
         """The most recently injected fault of one of ``kinds`` matching ``pod``."""
         with self._lock:
@@ -158,6 +180,7 @@ class FaultBook:
                 if state.fault.ratio < 1.0 and self.rng.random() >= state.fault.ratio:
                     continue
                 state.fired += 1
+                self.fired[state.fault.label] = self.fired.get(state.fault.label, 0) + 1
                 if state.remaining is not None:
                     state.remaining -= 1
                     if state.remaining <= 0:

@@ -235,6 +235,10 @@ class Sim:
         self._call(lambda c: c.faults.clear())
         self._call(lambda c: c.kick())
 
+    def api_faults_fired(self) -> dict[str, int]:
+        """How many requests each kind of API fault has hit so far, e.g. ``{"500": 12, "reset-after": 3}``."""
+        return self._call(lambda c: c.faults.fired_counts())
+
     def drop_watches(self) -> int:
         """Abort every open watch connection mid-stream (clients see a broken chunked response)."""
         return self._call(lambda c: c.store.close_watchers("drop"))
@@ -274,6 +278,13 @@ class Sim:
         """Where ``/api/v1/namespaces/{ns}/services/{name}:{port}/proxy/...`` is forwarded."""
         def register(c: Cluster) -> None:
             c.service_backends[(namespace, name)] = url
+
+        self._call(register)
+
+    def set_default_service_backend(self, url: str, namespace: str | None = None) -> None:
+        """Where the proxy forwards for every service (of ``namespace``, or of all) with no backend of its own."""
+        def register(c: Cluster) -> None:
+            c.service_backends[(namespace or "*", "*")] = url
 
         self._call(register)
 

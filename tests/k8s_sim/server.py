@@ -4,8 +4,9 @@ Routing follows the real URL layout (``/api/v1/...``, ``/apis/{group}/{version}/
 ``namespaces/{ns}/{plural}/{name}/{subresource}``).  Errors are ``Status`` bodies with
 ``Content-Type: application/json`` (lightkube only turns a response into ``ApiError`` when that
 header is exactly ``application/json``).  Watches are newline-delimited JSON streams; a dropped
-watch aborts the TCP connection mid-stream, as a network failure would.  The service proxy
-forwards to a per-service backend URL registered by the test.
+watch aborts the TCP connection mid-stream, as a network failure would; a ``reset`` API fault
+answers with a TCP RST instead of a response.  The service proxy forwards to a per-service backend
+URL registered by the test (or to a default backend for every service).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +34,7 @@ from .selection import FieldSelector, LabelSelector
 from .store import Obj, Watcher
 from .util import rfc3339
 
-__all__ = ["RequestLog", "RequestRecord", "SimApp", "WatchDropped"]
+__all__ = ["ConnectionReset", "RequestLog", "RequestRecord", "SimApp", "WatchDropped"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,16 @@ class WatchDropped(Exception):
     """Raised inside a watch stream to abort its connection (the "dropped watch" fault)."""
 
 
+class ConnectionReset(Exception):
+    """Raised while handling a request to answer it with a TCP reset (the "reset" API fault)."""
+
+
 class _QuietDrops(logging.Filter):
     """Hide uvicorn's traceback for the connections we abort on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, WatchDropped)
+        return not isinstance(exc, WatchDropped | ConnectionReset)
 
 
 logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
@@ -204,6 +211,12 @@ class SimApp:
         is_watch = _bool(request.query_params.get("watch"))
         try:
             response = await self._handle(request, is_watch)
+        except ConnectionReset:
+            self.requests.add(RequestRecord(time.time(), started, request.method, request.url.path,
+                                            request.url.query, 0, time.monotonic() - started, is_watch,
+                                            request.headers.get("user-agent", "")))
+            await _reset_connection(send)
+            return
         except StatusError as err:
             response = status_response(err)
         except Exception as exc:
@@ -224,6 +237,15 @@ class SimApp:
         if token and path not in _PUBLIC_PATHS and request.headers.get("authorization") != f"Bearer {token}":
             raise StatusError(401, "Unauthorized", reason="Unauthorized")
         fault = self.cluster.faults.take_api_fault(method, path, is_watch)
+        if fault is not None and fault.reset is not None:
+            if fault.reset == "after" and not is_watch:
+                with contextlib.suppress(Exception):  # carried out; whatever the answer, it is lost
+                    response = await self._route(request, path, method, is_watch)
+                    if isinstance(response, StreamResponse):  # e.g. the service proxy: finish the upstream
+                        async with asyncio.timeout(2):
+                            async for _ in response.chunks:
+                                pass
+            raise ConnectionReset(f"k8s-sim reset the connection of {method} {path}")
         if fault is not None:
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             message = fault.message or ("the server has received too many requests and has asked us to try again "
@@ -231,6 +253,9 @@ class SimApp:
                                         "Internal error occurred: injected by k8s-sim")
             details = {"retryAfterSeconds": fault.retry_after} if fault.retry_after is not None else None
             raise StatusError(fault.status, message, details=details, headers=headers)
+        return await self._route(request, path, method, is_watch)
+
+    async def _route(self, request: Request, path: str, method: str, is_watch: bool) -> Response | StreamResponse:
         discovery = self._discovery(path, request)
         if discovery is not None:
             if method != "GET":
@@ -530,7 +555,9 @@ class SimApp:
             raise StatusError(503, f'no endpoints available for service "{t.name}"')
         if (svc.get("spec") or {}).get("selector") and not self.cluster.ready_endpoints(svc):
             raise StatusError(503, f'no endpoints available for service "{t.name}"')
-        backend = self.cluster.service_backends.get((t.namespace or "", svc_name))
+        backends = self.cluster.service_backends
+        backend = backends.get((t.namespace or "", svc_name)) or backends.get((t.namespace or "", "*")) \
+            or backends.get(("*", "*"))
         if backend is None:
             raise StatusError(503, f'no endpoints available for service "{t.name}" (k8s-sim: no backend URL '
                                    f"registered with Sim.set_service_backend)")
@@ -560,6 +587,23 @@ class SimApp:
 
         return StreamResponse(body(), response.headers.get("content-type", "application/octet-stream"),
                               status=response.status_code, headers=out_headers)
+
+
+async def _reset_connection(send: Send) -> None:
+    """Close the client's connection with a TCP RST (SO_LINGER 0), as a broken network or a crashed
+    load balancer does.  uvicorn's ``send`` is a method of its per-request cycle, which holds the
+    transport; without one, a started and then aborted response stands in for the reset."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:  # pragma: no cover - another ASGI server
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise WatchDropped("k8s-sim reset this connection")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    for _ in range(3):  # let the server notice the lost connection: it then sends no 500 of its own
+        await asyncio.sleep(0)
 
 
 def _manager_from(request: Request) -> str:
