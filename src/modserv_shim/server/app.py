@@ -7,16 +7,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from modserv_shim import __version__
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.manager import ServiceManager
-from modserv_shim.errors import ERROR_TABLE, PluginNotFound, ValidationFailed
+from modserv_shim.errors import ERROR_TABLE, BackendUnavailable, PluginLoadError, PluginNotFound, ValidationFailed
 from modserv_shim.server import envelope, views
 from modserv_shim.server.auth import Principal, Role, TokenTable, require
+from modserv_shim.server.envelope import Envelope, responses
+from modserv_shim.server.limits import BodyLimit
 from modserv_shim.spec import DeploySpec
 
 
@@ -29,10 +32,12 @@ class LoadPluginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["shimlet", "pipeline"]
     name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")
-    file: str | None = Field(default=None, description="A .py file inside the server's plugin directory.")
-    module: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+    file: str | None = Field(default=None, min_length=1, max_length=255,
+                             description="A .py file inside the server's plugin directory.")
+    module: str | None = Field(default=None, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
                                description="An importable module inside an allowed package.")
-    attr: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The factory (class or function).")
+    attr: str = Field(max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                      description="The factory (class or function).")
 
 
 @dataclass
@@ -46,18 +51,29 @@ def _state(request: Request) -> AppState:
     return st
 
 
-def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return _state(request).tokens.authenticate(authorization)
+# Documents the token in OpenAPI; the header itself is read below, so that a malformed one gets our message.
+_bearer = HTTPBearer(auto_error=False, scheme_name="token",
+                     description="An API token of role viewer, operator or admin (README: Authentication).")
+
+
+def principal(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
+) -> Principal:
+    return _state(request).tokens.authenticate(request.headers.get("authorization"))
 
 
 Who = Annotated[Principal, Depends(principal)]
 API = "/api/v1"
-
 ERROR_CODES_DOC = "\n".join(f"| {e.code} | {e.http_status} | {e.__name__} |" for e in ERROR_TABLE)
+
+# The error statuses a route documents (envelope.responses): every route can answer 413 (a body over
+# the cap, refused before routing) and 500 (a bug); a route with a token adds 401/403, and so on.
+BASE = (413, 500)
+AUTH = (*BASE, 401, 403)
+BODY = (400, 422)  # malformed JSON; a field breaking a rule
 
 
 MAX_WAIT = 300.0
-
 
 def _states(text: str) -> list[State]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -73,8 +89,10 @@ def create_app(
     tokens: TokenTable,
     *,
     lifespan_hooks: tuple[Any, Any] | None = None,
+    max_body_bytes: int = 65536,
 ) -> FastAPI:
-    """Build the app around a manager.  ``lifespan_hooks`` = (async start(), async stop())."""
+    """Build the app around a manager.  ``lifespan_hooks`` = (async start(), async stop());
+    ``max_body_bytes`` caps request bodies (the ``max_body_bytes`` setting)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,26 +110,38 @@ def create_app(
         lifespan=lifespan,
         description="Deploy open-source LLMs as OpenAI-compatible services.\n\n"
         "Every response is `{\"code\": 0, \"message\": \"...\", \"data\": ...}`; errors carry:\n\n"
-        "| code | HTTP | meaning |\n|---|---|---|\n" + ERROR_CODES_DOC,
+        "| code | HTTP | meaning |\n|---|---|---|\n" + ERROR_CODES_DOC + "\n\n"
+        "A method a path does not take is answered 405 (code 1008) with an `Allow` header; a request body"
+        f" over the server's limit (`max_body_bytes`, now {max_body_bytes} bytes) is answered 413 (code 1007)"
+        " on any path.",
     )
     app.state.modserv = AppState(manager, tokens)
     envelope.install(app)
+    envelope.tidy_openapi(app)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=Envelope[views.Health], responses=responses(*BASE))
     async def healthz() -> JSONResponse:
         return envelope.ok({"status": "ok", "version": __version__})
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], response_model=Envelope[views.Ready], responses=responses(*BASE, 503))
     async def readyz() -> JSONResponse:
-        await manager.store.count_services()  # the store answers
+        try:
+            await manager.store.count_services()  # the store answers
+        except Exception as exc:
+            raise BackendUnavailable(f"not ready: the store does not answer ({type(exc).__name__})") from exc
         return envelope.ok({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response, responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **responses(*AUTH)})
     async def metrics(who: Who) -> Response:
         require(who, Role.VIEWER, "reading metrics")
         return Response(manager.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post(f"{API}/modserv/deploy", tags=["services"], status_code=202)
+    @app.post(f"{API}/modserv/deploy", tags=["services"], status_code=202, response_model=Envelope[views.AcceptedView],
+              responses={200: {"model": Envelope[views.DryRunView], "description": "A dry run: nothing deployed."},
+                         **responses(*AUTH, *BODY, 503)})
     async def deploy(spec: Annotated[DeploySpec, Body()], who: Who) -> JSONResponse:
         require(who, Role.OPERATOR, "deploying")
         if spec.dryRun:
@@ -120,12 +150,14 @@ def create_app(
         rec = await manager.deploy(spec, who.name)
         return envelope.ok(views.accepted(rec), "deploy accepted", status=202)
 
-    @app.get(f"{API}/modserv", tags=["services"])
+    @app.get(f"{API}/modserv", tags=["services"], response_model=Envelope[list[views.ServiceView]],
+             responses=responses(*AUTH, 422))
     async def list_services(who: Who, state: State | None = None) -> JSONResponse:
         require(who, Role.VIEWER, "listing services")
         return envelope.ok([views.service(r) for r in await manager.list_services(state)])
 
-    @app.get(f"{API}/modserv/{{service_id}}", tags=["services"])
+    @app.get(f"{API}/modserv/{{service_id}}", tags=["services"], response_model=Envelope[views.ServiceView],
+             responses=responses(*AUTH, 404, 422))
     async def get_service(
         service_id: str,
         who: Who,
@@ -139,18 +171,20 @@ def create_app(
             return envelope.ok(views.service(await manager.get(service_id)))
         return envelope.ok(views.service(await manager.wait_for_state(service_id, _states(wait_for), timeout)))
 
-    @app.get(f"{API}/modserv/{{service_id}}/pipeline", tags=["services"])
+    @app.get(f"{API}/modserv/{{service_id}}/pipeline", tags=["services"], response_model=Envelope[views.PipelineView],
+             responses=responses(*AUTH, 404))
     async def get_pipeline(service_id: str, who: Who) -> JSONResponse:
         require(who, Role.VIEWER, "reading a pipeline")
         rec = await manager.get(service_id)
         try:
             steps = await manager.steps_of(rec.pipeline)
-        except PluginNotFound:
+        except (PluginNotFound, PluginLoadError):  # the record still says what ran
             steps = None
         runs = await manager.store.list_step_runs(rec.id)
         return envelope.ok(views.pipeline(rec, steps, runs))
 
-    @app.get(f"{API}/modserv/{{service_id}}/pipeline/logs", tags=["services"])
+    @app.get(f"{API}/modserv/{{service_id}}/pipeline/logs", tags=["services"],
+             response_model=Envelope[views.PipelineLogsView], responses=responses(*AUTH, 404, 422))
     async def get_pipeline_logs(
         service_id: str, who: Who, step: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
     ) -> JSONResponse:
@@ -164,39 +198,46 @@ def create_app(
             "logs": [views.log_line(x) for x in lines],
         })
 
-    @app.get(f"{API}/modserv/{{service_id}}/events", tags=["services"])
+    @app.get(f"{API}/modserv/{{service_id}}/events", tags=["services"], response_model=Envelope[list[views.EventView]],
+             responses=responses(*AUTH, 404))
     async def get_events(service_id: str, who: Who) -> JSONResponse:
         require(who, Role.VIEWER, "reading events")
         rec = await manager.get(service_id)
         return envelope.ok([views.event(e) for e in await manager.store.list_events(rec.id)])
 
-    @app.get(f"{API}/modserv/{{service_id}}/logs", tags=["services"])
+    @app.get(f"{API}/modserv/{{service_id}}/logs", tags=["services"], response_model=Envelope[views.RuntimeLogsView],
+             responses=responses(*AUTH, 404, 409, 422, 503))
     async def get_runtime_logs(
         service_id: str, who: Who, tail: Annotated[int, Query(ge=1, le=10000)] = 100
     ) -> JSONResponse:
         require(who, Role.VIEWER, "reading runtime logs")
         return envelope.ok({"serviceId": service_id, "lines": await manager.logs(service_id, tail)})
 
-    @app.delete(f"{API}/modserv/{{service_id}}", tags=["services"])
+    @app.delete(f"{API}/modserv/{{service_id}}", tags=["services"], response_model=Envelope[views.ServiceView],
+                responses={202: {"model": Envelope[views.ServiceView],
+                                 "description": "Still terminating after the server's delete wait."},
+                           **responses(*AUTH, 404)})
     async def delete_service(service_id: str, who: Who) -> JSONResponse:
         require(who, Role.OPERATOR, "deleting a service")
         rec = await manager.delete(service_id, who.name)
         done = rec.state is State.TERMINATED
         return envelope.ok(views.service(rec), "deleted" if done else "deleting", status=200 if done else 202)
 
-    @app.post(f"{API}/modserv/{{service_id}}/scale", tags=["services"])
+    @app.post(f"{API}/modserv/{{service_id}}/scale", tags=["services"], response_model=Envelope[views.ServiceView],
+              responses=responses(*AUTH, *BODY, 404, 409, 503))
     async def scale_service(service_id: str, body: ScaleRequest, who: Who) -> JSONResponse:
         require(who, Role.OPERATOR, "scaling a service")
         rec = await manager.scale(service_id, body.replicaCount, who.name)
         return envelope.ok(views.service(rec), f"scaling to {body.replicaCount} replicas")
 
-    @app.post(f"{API}/modserv/{{service_id}}/retry", tags=["services"], status_code=202)
+    @app.post(f"{API}/modserv/{{service_id}}/retry", tags=["services"], status_code=202,
+              response_model=Envelope[views.AcceptedView], responses=responses(*AUTH, 404, 409, 422))
     async def retry_service(service_id: str, who: Who) -> JSONResponse:
         require(who, Role.OPERATOR, "retrying a service")
         rec = await manager.retry(service_id, who.name)
         return envelope.ok(views.accepted(rec), f"retrying from {rec.current_step_name}", status=202)
 
-    @app.get(f"{API}/plugins", tags=["plugins"])
+    @app.get(f"{API}/plugins", tags=["plugins"], response_model=Envelope[views.PluginsView], responses=responses(*AUTH))
     async def list_plugins(who: Who) -> JSONResponse:
         require(who, Role.VIEWER, "listing plugins")
         reg = manager.registry
@@ -217,7 +258,8 @@ def create_app(
         data["refused"] = [vars(b) for b in reg.broken]
         return envelope.ok(data)
 
-    @app.post(f"{API}/plugins/load", tags=["plugins"], status_code=201)
+    @app.post(f"{API}/plugins/load", tags=["plugins"], status_code=201, response_model=Envelope[views.PluginView],
+              responses=responses(*AUTH, *BODY))
     async def load_plugin(body: LoadPluginRequest, who: Who) -> JSONResponse:
         require(who, Role.ADMIN, "loading plugins")
         data = await manager.load_plugin(body.kind, body.name, file=body.file, module=body.module,

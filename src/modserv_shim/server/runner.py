@@ -84,7 +84,7 @@ def build(settings: Settings, registry: Registry | None = None, **manager_kwargs
         await registry.close()
         await store.close()
 
-    app = create_app(manager, tokens, lifespan_hooks=(start, stop))
+    app = create_app(manager, tokens, lifespan_hooks=(start, stop), max_body_bytes=settings.max_body_bytes)
     return Server(settings, app, manager)
 
 

@@ -1,25 +1,167 @@
-"""How records look on the wire (camelCase like the brief; secrets masked)."""
+"""How records look on the wire (camelCase like the brief; secrets masked).
+
+Each view has a ``TypedDict``: mypy checks that the functions below build exactly that
+shape, and the OpenAPI document shows the same types as the response bodies.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NotRequired
 
+from typing_extensions import TypedDict
+
+from modserv_shim.core.lifecycle import State
 from modserv_shim.core.manager import DryRunResult
 from modserv_shim.core.records import Event, RunStatus, ServiceRecord, StepLog, StepRun
 from modserv_shim.plugins import StepSpec
 from modserv_shim.spec import redact
 
 
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
+class Health(TypedDict):
+    status: str
+    version: str
 
 
-def service(rec: ServiceRecord) -> dict[str, Any]:
+class Ready(TypedDict):
+    status: str
+
+
+class Replicas(TypedDict):
+    ready: int
+    desired: int
+
+
+class ServiceView(TypedDict):
+    serviceId: str
+    modelName: str
+    state: State
+    reason: str | None
+    currentStep: str | None
+    totalSteps: list[str]
+    shimlet: str
+    pipeline: str
+    resourceId: str | None
+    endpoint: str | None
+    replicas: Replicas
+    spec: dict[str, Any]
+    operator: str
+    createdAt: str
+    updatedAt: str
+
+
+class AcceptedView(TypedDict):
+    serviceId: str
+    state: State
+    currentStep: str | None
+    totalSteps: list[str]
+
+
+class RunView(TypedDict):
+    step: str
+    attempt: int
+    status: str
+    startedAt: str
+    finishedAt: str | None
+    durationMs: float | None
+    error: str | None
+    operator: str
+    params: dict[str, Any]
+
+
+class LogLineView(TypedDict):
+    ts: str
+    step: str
+    attempt: int
+    level: str
+    message: str
+    fields: dict[str, Any]
+
+
+EventView = TypedDict("EventView", {"ts": str, "from": str | None, "to": str, "reason": str | None,
+                                    "operator": str})
+
+
+class StepView(TypedDict):
+    name: str
+    phase: str | None
+    status: str
+    attempts: int
+    durationMs: float
+    timeout: float | None
+    retry: dict[str, Any] | None
+    runs: list[RunView]
+
+
+class PipelineView(TypedDict):
+    serviceId: str
+    pipeline: str
+    state: State
+    reason: str | None
+    currentStep: str | None
+    totalSteps: list[str]
+    steps: list[StepView]
+
+
+class PipelineLogsView(TypedDict):
+    serviceId: str
+    runs: list[RunView]
+    logs: list[LogLineView]
+
+
+class RuntimeLogsView(TypedDict):
+    serviceId: str
+    lines: list[str]
+
+
+class DryRunView(TypedDict):
+    serviceId: str
+    dryRun: bool
+    currentStep: None
+    totalSteps: list[str]
+    stepsRun: list[RunView]
+    logs: list[LogLineView]
+    rendered: dict[str, Any]
+
+
+class PluginView(TypedDict):
+    """A plugin as ``GET /api/v1/plugins`` lists it (``capabilities`` / ``steps`` once it is loaded)."""
+
+    name: str
+    source: str
+    loaded: bool
+    capabilities: NotRequired[list[str]]
+    steps: NotRequired[list[dict[str, Any]]]
+    default: NotRequired[bool]
+    error: NotRequired[str]
+
+
+class RefusedPluginView(TypedDict):
+    kind: str
+    name: str
+    source: str
+    error: str
+
+
+class PluginsView(TypedDict):
+    shimlets: list[PluginView]
+    pipelines: list[PluginView]
+    refused: list[RefusedPluginView]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def iso_or_none(ts: float | None) -> str | None:
+    return iso(ts) if ts is not None else None
+
+
+def service(rec: ServiceRecord) -> ServiceView:
     return {
         "serviceId": rec.id,
         "modelName": rec.model_name,
-        "state": rec.state.value,
+        "state": rec.state,
         "reason": rec.reason,
         "currentStep": rec.current_step_name,
         "totalSteps": rec.total_steps,
@@ -35,22 +177,22 @@ def service(rec: ServiceRecord) -> dict[str, Any]:
     }
 
 
-def accepted(rec: ServiceRecord) -> dict[str, Any]:
+def accepted(rec: ServiceRecord) -> AcceptedView:
     return {
         "serviceId": rec.id,
-        "state": rec.state.value,
+        "state": rec.state,
         "currentStep": rec.current_step_name,
         "totalSteps": rec.total_steps,
     }
 
 
-def run(r: StepRun) -> dict[str, Any]:
+def run(r: StepRun) -> RunView:
     return {
         "step": r.step,
         "attempt": r.attempt,
         "status": r.status,
         "startedAt": iso(r.started_at),
-        "finishedAt": iso(r.finished_at),
+        "finishedAt": iso_or_none(r.finished_at),
         "durationMs": r.duration_ms,
         "error": r.error,
         "operator": r.operator,
@@ -58,7 +200,7 @@ def run(r: StepRun) -> dict[str, Any]:
     }
 
 
-def log_line(x: StepLog) -> dict[str, Any]:
+def log_line(x: StepLog) -> LogLineView:
     return {
         "ts": iso(x.ts),
         "step": x.step,
@@ -69,16 +211,16 @@ def log_line(x: StepLog) -> dict[str, Any]:
     }
 
 
-def event(e: Event) -> dict[str, Any]:
+def event(e: Event) -> EventView:
     return {"ts": iso(e.ts), "from": e.from_state, "to": e.to_state, "reason": e.reason, "operator": e.operator}
 
 
-def pipeline(rec: ServiceRecord, steps: list[StepSpec] | None, runs: list[StepRun]) -> dict[str, Any]:
+def pipeline(rec: ServiceRecord, steps: list[StepSpec] | None, runs: list[StepRun]) -> PipelineView:
     by_step: dict[str, list[StepRun]] = {}
     for r in runs:
         by_step.setdefault(r.step, []).append(r)
     spec_by_name = {s.name: s for s in steps or []}
-    out = []
+    out: list[StepView] = []
     for i, name in enumerate(rec.total_steps):
         step_runs = by_step.get(name, [])
         if i < rec.current_step:
@@ -101,7 +243,7 @@ def pipeline(rec: ServiceRecord, steps: list[StepSpec] | None, runs: list[StepRu
     return {
         "serviceId": rec.id,
         "pipeline": rec.pipeline,
-        "state": rec.state.value,
+        "state": rec.state,
         "reason": rec.reason,
         "currentStep": rec.current_step_name,
         "totalSteps": rec.total_steps,
@@ -109,7 +251,7 @@ def pipeline(rec: ServiceRecord, steps: list[StepSpec] | None, runs: list[StepRu
     }
 
 
-def dry_run(res: DryRunResult) -> dict[str, Any]:
+def dry_run(res: DryRunResult) -> DryRunView:
     return {
         "serviceId": res.service_id,
         "dryRun": True,
