@@ -116,7 +116,10 @@ def main_command(
     except (ValueError, OSError) as exc:  # ConfigFileError, pydantic-settings' SettingsError
         raise fail(f"bad configuration: {exc}") from None
     logs.configure(settings.log_level, settings.log_format)
-    registry = build_registry(settings)
+    try:
+        registry = build_registry(settings)
+    except ShimError as exc:  # e.g. an allowed_env entry that is not a variable name
+        raise fail(f"bad configuration: {exc}") from None
     for kind, name in (("shimlet", settings.shimlet), ("pipeline", settings.pipeline)):
         if not registry.has(kind, name):  # type: ignore[arg-type]
             available = ", ".join(registry.names(kind))  # type: ignore[arg-type]

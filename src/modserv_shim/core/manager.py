@@ -215,8 +215,10 @@ class ServiceManager:
                 break
         return rec
 
-    async def list_services(self, state: State | None = None) -> list[ServiceRecord]:
-        return await self.store.list_services([state] if state else None)
+    async def list_services(self, state: State | None = None, *, limit: int | None = None,
+                            offset: int = 0) -> list[ServiceRecord]:
+        """For listings: records without their step outputs, read off the event loop."""
+        return await self.store.list_services([state] if state else None, limit=limit, offset=offset, light=True)
 
     async def steps_of(self, pipeline_name: str) -> list[StepSpec]:
         pipeline = await self.registry.pipeline(pipeline_name)

@@ -174,7 +174,11 @@ class Registry:
             raise PluginLoadError(f"plugin files must be inside the plugin directory {root}; {file!r} is not")
         if path.suffix != ".py":
             raise PluginLoadError(f"plugin file must be a .py file: {file!r}")
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # a name too long, a loop of links, a parent we may not read
+            raise PluginLoadError(f"not a usable plugin file name: {file!r} ({exc.strerror or exc})") from None
+        if not is_file:
             raise PluginLoadError(f"plugin file not found: {path}")
         return path
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Query, Request, Security
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,7 +63,12 @@ def principal(
 
 
 Who = Annotated[Principal, Depends(principal)]
+IdempotencyKeyHeader = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255,
+    description="Makes a retried deploy safe: the same key and body (from the same caller, within 24 h) answer"
+    " with the service the first request created; the same key with another body is a 409.")]
 API = "/api/v1"
+
 ERROR_CODES_DOC = "\n".join(f"| {e.code} | {e.http_status} | {e.__name__} |" for e in ERROR_TABLE)
 
 # The error statuses a route documents (envelope.responses): every route can answer 413 (a body over
@@ -74,6 +79,9 @@ BODY = (400, 422)  # malformed JSON; a field breaking a rule
 
 
 MAX_WAIT = 300.0
+DEFAULT_LIST = 1000  # services per page of GET /api/v1/modserv
+MAX_LIST = 10000
+
 
 def _states(text: str) -> list[State]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -141,20 +149,35 @@ def create_app(
 
     @app.post(f"{API}/modserv/deploy", tags=["services"], status_code=202, response_model=Envelope[views.AcceptedView],
               responses={200: {"model": Envelope[views.DryRunView], "description": "A dry run: nothing deployed."},
-                         **responses(*AUTH, *BODY, 503)})
-    async def deploy(spec: Annotated[DeploySpec, Body()], who: Who) -> JSONResponse:
+                         **responses(*AUTH, *BODY, 409, 503)})
+    async def deploy(
+        spec: Annotated[DeploySpec, Body()],
+        who: Who,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> JSONResponse:
         require(who, Role.OPERATOR, "deploying")
         if spec.dryRun:
             res = await manager.dry_run(spec, who.name)
             return envelope.ok(views.dry_run(res), "dry run: nothing was deployed")
+        if idempotency_key is not None:
+            rec, replayed = await manager.deploy_once(spec, who.name, idempotency_key)
+            message = "deploy already accepted for this Idempotency-Key" if replayed else "deploy accepted"
+            return envelope.ok(views.accepted(rec), message, status=202)
         rec = await manager.deploy(spec, who.name)
         return envelope.ok(views.accepted(rec), "deploy accepted", status=202)
 
     @app.get(f"{API}/modserv", tags=["services"], response_model=Envelope[list[views.ServiceView]],
              responses=responses(*AUTH, 422))
-    async def list_services(who: Who, state: State | None = None) -> JSONResponse:
+    async def list_services(
+        who: Who,
+        state: State | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="At most this many services, oldest first.")]
+        = DEFAULT_LIST,
+        offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many (for the next page).")] = 0,
+    ) -> JSONResponse:
         require(who, Role.VIEWER, "listing services")
-        return envelope.ok([views.service(r) for r in await manager.list_services(state)])
+        records = await manager.list_services(state, limit=limit, offset=offset)
+        return envelope.ok([views.service(r) for r in records])
 
     @app.get(f"{API}/modserv/{{service_id}}", tags=["services"], response_model=Envelope[views.ServiceView],
              responses=responses(*AUTH, 404, 422))

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.builtins import BUILTINS
 from modserv_shim.config import Settings
 from modserv_shim.core.executor import StepOverride
@@ -19,6 +20,11 @@ from modserv_shim.core.registry import Registry, RegistryConfig
 from modserv_shim.core.store import Store
 from modserv_shim.server.app import create_app
 from modserv_shim.server.auth import TokenTable
+
+
+def request_policy(settings: Settings) -> RequestPolicy:
+    """What the admin allows a deploy to put into processes, beyond the runtimes' own allowlists."""
+    return RequestPolicy.from_settings(settings.allowed_env, settings.allowed_runtime_args, settings.model_roots)
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -32,6 +38,7 @@ def build_registry(settings: Settings) -> Registry:
                 "pipeline": {k: v.options for k, v in settings.pipelines.items()},
             },
             server_settings={"host": settings.host, "port": settings.port},
+            policy=request_policy(settings),
         )
     )
     registry.register_builtins(BUILTINS)
@@ -71,6 +78,7 @@ def build(settings: Settings, registry: Registry | None = None, **manager_kwargs
             step_overrides=step_overrides(settings),
             poll_interval=settings.poll_interval,
             delete_wait=settings.delete_wait,
+            policy=request_policy(settings),
         ),
         **manager_kwargs,
     )

@@ -74,7 +74,7 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'modserv.db'}"
 
 
-def _service(row: RowMapping) -> ServiceRecord:
+def _service(row: Mapping[str, Any] | RowMapping) -> ServiceRecord:
     d = dict(row)
     d["state"] = State(d["state"])
     return ServiceRecord(**d)
@@ -141,6 +141,15 @@ class Store:
         elif self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
         return await self.backend.read(fn)
+
+    async def read_bulk(self, fn: Callable[[Connection], T]) -> T:
+        """:meth:`read` for results that may be large (API listings): off the event loop where the backend can."""
+        if self._pending:
+            async with self._order:
+                await self._drain()
+        elif self._inflight is not None and not self._inflight.done():
+            await asyncio.shield(self._inflight)
+        return await self.backend.read_bulk(fn)
 
     async def _submit(self, fn: Callable[[Connection], object], durable: bool) -> None:
         """Write now (durable) or queue for write-behind."""
@@ -245,11 +254,21 @@ class Store:
 
         return await self.read(op)
 
-    async def list_services(self, states: Sequence[State] | None = None) -> list[ServiceRecord]:
-        q = select(t.services).order_by(t.services.c.created_at)
+    async def list_services(
+        self, states: Sequence[State] | None = None, *, limit: int | None = None, offset: int = 0,
+        light: bool = False,
+    ) -> list[ServiceRecord]:
+        """Services, oldest first.  ``light``: for listings: without step outputs, read off the event loop."""
+        columns = [c for c in t.services.c if c.name != "outputs"] if light else [t.services]
+        q = select(*columns).order_by(t.services.c.created_at, t.services.c.id).offset(offset).limit(limit)
         if states:
             q = q.where(t.services.c.state.in_([s.value for s in states]))
-        return await self.read(lambda conn: [_service(r) for r in conn.execute(q).mappings().all()])
+
+        def op(conn: Connection) -> list[ServiceRecord]:
+            rows = conn.execute(q).mappings().all()
+            return [_service({"outputs": {}, **r}) for r in rows] if light else [_service(r) for r in rows]
+
+        return await (self.read_bulk(op) if light else self.read(op))
 
     async def update_service(self, service_id: str, **fields: Any) -> None:
         fields["updated_at"] = now()
@@ -313,7 +332,7 @@ class Store:
 
     async def list_step_runs(self, service_id: str) -> list[StepRun]:
         q = select(t.step_runs).where(t.step_runs.c.service_id == service_id).order_by(t.step_runs.c.id)
-        return await self.read(lambda conn: [StepRun(**dict(r)) for r in conn.execute(q).mappings().all()])
+        return await self.read_bulk(lambda conn: [StepRun(**dict(r)) for r in conn.execute(q).mappings().all()])
 
     async def interrupt_running_steps(self) -> int:
         """Mark runs that were in flight when the server died; they will run again."""
@@ -338,7 +357,7 @@ class Store:
         if step:
             q = q.where(t.step_logs.c.step == step)
         q = q.order_by(t.step_logs.c.id).limit(limit)
-        return await self.read(lambda conn: [StepLog(**dict(r)) for r in conn.execute(q).mappings().all()])
+        return await self.read_bulk(lambda conn: [StepLog(**dict(r)) for r in conn.execute(q).mappings().all()])
 
     # ------------------------------------------------------------------ events
 
@@ -348,7 +367,7 @@ class Store:
 
     async def list_events(self, service_id: str) -> list[Event]:
         q = select(t.events).where(t.events.c.service_id == service_id).order_by(t.events.c.id)
-        return await self.read(lambda conn: [Event(**dict(r)) for r in conn.execute(q).mappings().all()])
+        return await self.read_bulk(lambda conn: [Event(**dict(r)) for r in conn.execute(q).mappings().all()])
 
     # ----------------------------------------------------------------- plugins
 

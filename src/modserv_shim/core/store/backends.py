@@ -47,6 +47,11 @@ class Backend(Protocol):
         ...
 
     async def read(self, fn: Callable[[Connection], T]) -> T: ...
+
+    async def read_bulk(self, fn: Callable[[Connection], T]) -> T:
+        """A read whose result may be large (lists for the API): kept off the event loop where possible."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -61,6 +66,9 @@ class AsyncBackend:
     async def read(self, fn: Callable[[Connection], T]) -> T:
         async with self.engine.connect() as conn:
             return await conn.run_sync(fn)
+
+    async def read_bulk(self, fn: Callable[[Connection], T]) -> T:
+        return await self.read(fn)  # asyncpg decodes rows on the loop; the API's list limits bound them
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -114,6 +122,12 @@ class SQLiteBackend:
             if self.memory or not _locked(exc):
                 raise
             return await asyncio.to_thread(self._read_waiting, fn)
+
+    async def read_bulk(self, fn: Callable[[Connection], T]) -> T:
+        """On a worker thread: decoding thousands of JSON columns must not hold up the loop (and /healthz)."""
+        if self.memory:
+            return await self.read(fn)
+        return await asyncio.to_thread(self._read_waiting, fn)
 
     def _write_waiting(self, fn: Callable[[Connection], T]) -> T:
         with self.thread_engine.begin() as conn:
