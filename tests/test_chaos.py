@@ -33,6 +33,8 @@ import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,14 +49,15 @@ import yaml
 from tests.conftest import free_port
 from tests.helpers.shim_process import ShimProcess, kill_owned, owned_processes
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.k8s_sim import NodeSpec, Sim, run_sim
+from tests.k8s_sim import NodeSpec, Sim, eventually, run_sim, wait_until
 from tests.test_k8s_shimlet import openai_backend
+from tests.test_k8s_shimlet_inspect import modelinfo_job
 
 SEED_ENV, DEPLOYS_ENV, KILLS_ENV = "MODSERV_CHAOS_SEED", "MODSERV_CHAOS_DEPLOYS", "MODSERV_CHAOS_KILLS"
 KILL_DELAY = (0.05, 1.5)  # seconds after an action
 LIVE_STATES = ("initializing", "pipeline_running", "deploying", "health_checking", "running", "degraded",
                "failed", "terminating")
-K8S_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "Service", "Pod")
+K8S_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "Service", "Pod", "Job")
 MANAGED = "app.kubernetes.io/managed-by=modserv-shim"
 INSTANCE = "app.kubernetes.io/instance"
 
@@ -62,6 +65,11 @@ INSTANCE = "app.kubernetes.io/instance"
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def _run_timeout() -> int:
+    """pytest-timeout for one chaos test: 300 s in CI, more for the longer modes."""
+    return max(300, 6 * _env_int(DEPLOYS_ENV, 50) + 15 * _env_int(KILLS_ENV, 10))
 
 
 def chaos_seed() -> int:
@@ -345,6 +353,40 @@ def local_orphans(data_dir: Path, live: set[str]) -> list[str]:
     return out
 
 
+def local_replica_pids(data_dir: Path, sids: set[str]) -> dict[int, str]:
+    """Process group leaders the state files of ``sids`` name."""
+    out = {}
+    for sid in sids:
+        state = data_dir / "local" / sid / "state.json"
+        if state.exists():
+            for replica in json.loads(state.read_text()).get("replicas", []):
+                if replica.get("pid"):
+                    out[int(replica["pid"])] = sid
+    return out
+
+
+def test_orphan_scan_finds_a_process_no_state_file_names(tmp_path: Path) -> None:
+    """The check above must be able to fail: a process carrying our owner variable and named by no
+    state file is reported; once a live service's state file names it, it is not."""
+    data = tmp_path / "data"
+    (data / "local" / "svc-1").mkdir(parents=True)
+    env = {**os.environ, "MODSERV_SHIM_OWNER": str(data / "local")}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True)
+    try:
+        wait_until(lambda: owned_processes(str(data)), timeout=5)
+        [orphan] = local_orphans(data, live=set())
+        assert f"pid {proc.pid}" in orphan and "named by no state file" in orphan
+        (data / "local" / "svc-1" / "state.json").write_text(json.dumps(
+            {"resource_id": "svc-1", "replicas": [{"index": 0, "pid": proc.pid}]}))
+        assert local_orphans(data, live={"svc-1"}) == []
+        [orphan] = local_orphans(data, live=set())
+        assert "belongs to svc-1, which is not live" in orphan
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert not owned_processes(str(data))
+
+
 @pytest.fixture
 def chaos_dir(tmp_path: Path) -> Iterator[Path]:
     data = tmp_path / "data"
@@ -355,6 +397,7 @@ def chaos_dir(tmp_path: Path) -> Iterator[Path]:
         print(f"killed {len(leftovers)} leftover model server process(es): {[p.pid for p in leftovers]}")
 
 
+@pytest.mark.timeout(_run_timeout())
 def test_crash_chaos_local(tmp_path: Path, chaos_dir: Path) -> None:
     seed = chaos_seed()
     print(f"\nchaos (local): seed {seed}; replay with {SEED_ENV}={seed}", flush=True)
@@ -382,6 +425,11 @@ def test_crash_chaos_local(tmp_path: Path, chaos_dir: Path) -> None:
         chaos.check(listed)
         orphans = local_orphans(chaos_dir, live_ids(listed))
         assert not orphans, "\n".join(orphans)
+        running = {sid for sid, svc in listed.items() if svc["state"] == "running"}
+        serving = local_replica_pids(chaos_dir, running)
+        assert len(serving) == len(running), "a running service whose state file names no process"
+        found = {p.pid for p in owned_processes(str(chaos_dir))}
+        assert set(serving) <= found, "the process scan misses model servers: the orphan check would see nothing"
         for t in chaos.tracked.values():
             if t.deleted:
                 assert not (chaos_dir / "local" / t.sid).exists(), f"{t.sid} was deleted but its state is left"
@@ -396,6 +444,48 @@ def test_crash_chaos_local(tmp_path: Path, chaos_dir: Path) -> None:
 
 
 # -- k8s shimlet: the simulated cluster -------------------------------------------------------------------------------
+
+
+async def test_validation_jobs_left_by_a_killed_run_are_deleted_when_the_shimlet_starts(tmp_path: Path) -> None:
+    """Regression (found by test_crash_chaos_k8s): a server killed while a validation Job ran never deleted
+    it, and the resumed step started a Job of its own, so every such kill leaked a Job and its pod."""
+    from lightkube.types import PatchType
+
+    from modserv_shim.plugins import PluginContext
+    from modserv_shim.shimlets.k8s import K8sShimlet, manifests
+    from modserv_shim.shimlets.k8s.options import K8sOptions
+    from modserv_shim.spec import DeploySpec
+
+    volume = tmp_path / "pvc"
+    volume.mkdir()
+    write_tiny_llama_gguf(volume / "tiny.gguf")
+    spec = DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf")
+    options = {"kubeconfig": str(tmp_path / "kubeconfig"), "trust_env": False, "api_backoff": 0.02,
+               "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}}
+    with run_sim() as sim:
+        sim.write_kubeconfig(tmp_path / "kubeconfig")
+        sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
+        # What a run killed mid-validation leaves: its Job (and the Job's pod), applied as the shimlet applies it.
+        leftover = manifests.validation_job(spec, "tiny-check-dead00", "default", K8sOptions.from_mapping(options))
+        async with sim.async_client(field_manager="modserv-shim") as client:
+            from lightkube.resources.batch_v1 import Job
+
+            await client.patch(Job, "tiny-check-dead00", leftover, patch_type=PatchType.APPLY, force=True)
+        wait_until(lambda: sim.list("Pod", "default", "modserv-shim/validation-job=tiny-check-dead00"), timeout=5)
+
+        shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
+        await shimlet.start()
+        try:
+            await eventually(lambda: _none_left(sim, "tiny-check-dead00"), timeout=5)
+            facts = await shimlet.inspect_model(spec)  # the new run's own validation is not swept
+            assert facts["format"] == "gguf"
+            assert not sim.list("Job", "default")
+        finally:
+            await shimlet.close()
+
+
+async def _none_left(sim: Sim, job: str) -> bool:
+    return not sim.list("Job", "default") and not sim.list("Pod", "default", f"modserv-shim/validation-job={job}")
 
 
 def k8s_orphans(sim: Sim, live: set[str]) -> list[str]:
@@ -414,6 +504,7 @@ def k8s_leftovers(sim: Sim, sid: str) -> list[str]:
             for o in sim.list(kind, "default", f"{INSTANCE}={sid}")]
 
 
+@pytest.mark.timeout(_run_timeout())
 def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
     seed = chaos_seed()
     print(f"\nchaos (k8s): seed {seed}; replay with {SEED_ENV}={seed}", flush=True)
@@ -423,15 +514,18 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
     write_tiny_llama_gguf(volume / "tiny.gguf")
     figures = Figures(seed, "k8s")
     nodes = [NodeSpec("cpu-1", cpu="64", memory="256Gi", pods=250)]
-    with run_sim(nodes=nodes, seed=seed) as sim, openai_backend("chaos") as backend:
+    # Pods take ~1 s to become ready, as a small model server would, and the model is validated by a
+    # validation Job (no model_root) running ~0.4 s: kills land during validation and deploys too.
+    with run_sim(nodes=nodes, seed=seed, pod_start_delay=0.3, pod_ready_delay=0.7, job_run_seconds=0.4) as sim, \
+            openai_backend("chaos") as backend:
         sim.set_default_service_backend(backend)
+        sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
         kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
         config = tmp_path / "modserv.yaml"
         config.write_text(yaml.safe_dump({"shimlets": {"k8s": {
             "kubeconfig": str(kubeconfig), "trust_env": False,
             "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"},
-            "model_root": str(volume), "api_backoff": 0.05, "api_backoff_max": 0.5, "sync_timeout": 15.0,
-            "delete_wait": 10.0}}}))
+            "api_backoff": 0.05, "api_backoff_max": 0.5, "sync_timeout": 15.0, "delete_wait": 10.0}}}))
         server = ShimProcess(chaos_dir, tmp_path / "server.log", free_port(),
                              ["--shimlet=k8s", "--pipeline=opensourcellm", f"--config={config}"])
 
@@ -452,6 +546,9 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
                 sim.wait_until(lambda: not k8s_orphans(sim, live), timeout=10)
             orphans = k8s_orphans(sim, live)
             assert not orphans, "\n".join(orphans)
+            for sid, svc in listed.items():  # and the check sees what exists: every running service's workload
+                if svc["state"] == "running":
+                    assert sim.get("Deployment", sid) is not None, f"{sid} is running without a Deployment"
             for t in chaos.tracked.values():
                 if t.deleted:
                     assert not k8s_leftovers(sim, t.sid), f"{t.sid} was deleted but left {k8s_leftovers(sim, t.sid)}"

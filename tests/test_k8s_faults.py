@@ -152,6 +152,16 @@ async def test_50_deploys_through_api_faults_reach_running_and_deletes_leave_not
                 assert not not_running, not_running
                 assert {o["metadata"]["name"] for o in sim.list("Deployment", "default", MANAGED)} == set(sids)
 
+                # Faults and watch losses go on: a running service must not flap to degraded or failed.
+                await asyncio.sleep(3)
+                flapped = []
+                for sid in sids:
+                    events = (await live.call("GET", f"/api/v1/modserv/{sid}/events", expect=200))["data"]
+                    after = [e["to"] for e in events][[e["to"] for e in events].index("running"):]
+                    if after != ["running"]:
+                        flapped.append((sid, after))
+                assert not flapped, flapped
+
                 t1 = time.monotonic()
 
                 async def delete(sid: str) -> dict[str, Any]:

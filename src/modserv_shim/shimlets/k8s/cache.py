@@ -89,6 +89,10 @@ class ClusterCache:
     def validation_pods(self, job: str) -> list[Obj]:
         return list(self._by_owner.get(("validation", job), {}).values())
 
+    def validation_jobs(self) -> set[str]:
+        """Names of the validation Jobs whose pods the cache holds."""
+        return {name for kind, name in self._by_owner if kind == "validation"}
+
     # ----------------------------------------------------------- writes
 
     def replace(self, kind: str, items: Iterable[Obj], list_rv: str) -> None:

@@ -25,7 +25,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
 * ``watch`` streams ``(service id, status)`` for every change of every service,
   fed by three label-selected watches shared by all services (:mod:`.informer`).
 * ``start`` lists and watches before it returns, so the workloads of an earlier
-  run are *adopted* from the cluster by their labels, not recreated; ``close``
+  run are *adopted* from the cluster by their labels, not recreated, and the
+  validation Jobs an earlier run left when it was killed are deleted; ``close``
   stops watching and leaves every workload running.
 * ``inspect_model`` validates the model where the pods will see it (:mod:`.validation`).
 * ``render`` returns the manifests ``create`` would apply (for ``dryRun``).
@@ -132,9 +133,15 @@ class K8sShimlet:
             if self.options.endpoint_access == "direct":
                 self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
             self._job = ValidationJob(kube, self._cache, self.options)
+            if self._job.leftovers():  # validation Jobs of a run that was killed mid-validation
+                self._tasks.append(asyncio.create_task(self._sweep(self._job), name="k8s-validation-sweep"))
             self._started = True
             log.info("k8s shimlet: watching namespace %s on %s; %d workload(s) adopted", namespace,
                      config.cluster.server, len(self._cache.workload_names()))
+
+    @staticmethod
+    async def _sweep(job: ValidationJob) -> None:
+        await job.sweep()
 
     async def close(self) -> None:
         """Stop watching; every workload keeps running for the next ``start``."""

@@ -16,6 +16,13 @@ validation would let a typo surface 20 minutes later as a crash loop, so:
   be pulled or a pod nobody can schedule ends the wait with that reason.  The
   Job is deleted afterwards (cascade Background, so its pod goes too).
 
+A Job whose shim was killed mid-validation is never deleted by that run, and
+the resumed step starts a Job of its own (names are random): so the pods of
+validation Jobs this run did not create are swept, their Jobs deleted, when
+the shimlet starts and after each validation (:meth:`ValidationJob.sweep`).
+Validations never outlive the process that started them, so such a Job is
+always a leftover (one namespace per shim, see docs/kubernetes.md).
+
 A model that is not there is "model not found on the volume", a permanent error.
 """
 
@@ -70,10 +77,13 @@ class ValidationJob:
 
     def __init__(self, kube: KubeApi, cache: ClusterCache, options: K8sOptions) -> None:
         self.kube, self.cache, self.options = kube, cache, options
+        self._ours: set[str] = set()  # Jobs this run created (their pods are never swept)
+        self._swept: set[str] = set()  # leftovers already deleted
 
     async def run(self, spec: DeploySpec) -> dict[str, Any]:
         name = naming.validation_job_name(spec.modelName)
         manifest = manifests.validation_job(spec, name, self.kube.namespace, self.options)
+        self._ours.add(name)  # before the apply: its pod may show up before the apply returns
         await self.kube.apply(manifest)
         log.info("k8s shimlet: validation Job %s/%s checks %s", self.kube.namespace, name, spec.modelFile)
         try:
@@ -83,7 +93,26 @@ class ValidationJob:
                 await self.kube.delete("Job", name)
             except ShimError as exc:  # the TTL controller removes it later; the verdict stands
                 log.warning("k8s shimlet: cannot delete validation Job %s: %s", name, exc)
+        await self.sweep()
         return self._verdict(spec, name, pod)
+
+    def leftovers(self) -> set[str]:
+        """Validation Jobs with pods in the cache that this run neither created nor deleted yet."""
+        return self.cache.validation_jobs() - self._ours - self._swept
+
+    async def sweep(self) -> int:
+        """Delete the validation Jobs an earlier run left (killed mid-validation); how many were deleted."""
+        deleted = 0
+        for name in sorted(self.leftovers()):
+            self._swept.add(name)
+            try:
+                await self.kube.delete("Job", name)
+            except ShimError as exc:  # the next sweep does not retry; the TTL controller is the safety net
+                log.warning("k8s shimlet: cannot delete the leftover validation Job %s: %s", name, exc)
+                continue
+            deleted += 1
+            log.info("k8s shimlet: deleted validation Job %s/%s, left by an earlier run", self.kube.namespace, name)
+        return deleted
 
     async def _wait(self, name: str) -> Obj:
         """The Job's pod once its container has terminated; errors for pods that cannot get there."""
