@@ -15,6 +15,8 @@ from tests.conftest import REPO, Live, free_port, wait_for
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.test_e2e_local import chat, deploy_body, local_settings
 
+EXAMPLE_ENV = ["QUANTIZE", "EXTERNAL_URL"]  # the examples' per-deploy parameters, allowed as README says
+
 EXAMPLES = REPO / "examples" / "plugins"
 
 
@@ -36,7 +38,7 @@ async def load(live: Live, kind: str, name: str, file: str, attr: str) -> None:
 async def test_quant_pipeline_example_deploys_a_quantized_model(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "m").mkdir()
     model = write_tiny_llama_gguf(tmp_path / "m" / "tiny-f16.gguf")
-    live: Live = await start_server(local_settings(tmp_path))
+    live: Live = await start_server(local_settings(tmp_path, allowed_env=EXAMPLE_ENV))
     await load(live, "pipeline", "quantllm", "quant_pipeline.py", "QuantLLMPipeline")
     body = deploy_body("tiny-q8", model, pipeline="quantllm", env={"QUANTIZE": "Q8_0"})
     r = await live.call("POST", "/api/v1/modserv/deploy", json=body, expect=202)
@@ -54,7 +56,7 @@ async def test_quant_pipeline_example_deploys_a_quantized_model(start_server, tm
 async def test_quant_pipeline_refuses_unknown_quantization(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "m").mkdir()
     model = write_tiny_llama_gguf(tmp_path / "m" / "tiny-f16.gguf")
-    live: Live = await start_server(local_settings(tmp_path))
+    live: Live = await start_server(local_settings(tmp_path, allowed_env=EXAMPLE_ENV))
     await load(live, "pipeline", "quantllm", "quant_pipeline.py", "QuantLLMPipeline")
     body = deploy_body("tiny-q3", model, pipeline="quantllm", env={"QUANTIZE": "Q3"})
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=body, expect=202))["data"]["serviceId"]
@@ -79,7 +81,7 @@ async def test_external_shimlet_example_adopts_a_running_server(start_server, tm
                 return False
 
         await wait_for(up, timeout=60)
-        live: Live = await start_server(local_settings(tmp_path))
+        live: Live = await start_server(local_settings(tmp_path, allowed_env=EXAMPLE_ENV))
         await load(live, "shimlet", "external", "external_shimlet.py", "ExternalShimlet")
         plugins = (await live.call("GET", "/api/v1/plugins"))["data"]["shimlets"]
         assert "external" in [p["name"] for p in plugins]
