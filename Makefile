@@ -7,11 +7,17 @@ MODEL   := .models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 .PHONY: setup demo test lint bench clean
 
+# llama.cpp is compiled for any x86-64 with AVX2 (GGML_NATIVE=OFF), not for this CPU: a native
+# build uses AMX tile instructions on CPUs that have them, and those crash (SIGSEGV in decode)
+# where the kernel does not grant AMX state to the process, as in sandboxed VMs.  --no-cache-dir:
+# pip's wheel cache does not key on CMAKE_ARGS and would hand back a native build made earlier.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing (llama-cpp-python compiles from source the first time: 3-8 minutes)..."
-	$(BIN)/python -m pip install --quiet -e '.[dev,llama]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev,llama]'
 	touch $(STAMP)
 
 setup: $(STAMP) $(MODEL)
