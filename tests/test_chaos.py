@@ -553,7 +553,9 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
                 if t.deleted:
                     assert not k8s_leftovers(sim, t.sid), f"{t.sid} was deleted but left {k8s_leftovers(sim, t.sid)}"
             chaos.delete_everything()
-            sim.wait_until(lambda: not any(sim.list(kind, "default", MANAGED) for kind in K8S_KINDS), timeout=10)
+            with contextlib.suppress(TimeoutError):
+                sim.wait_until(lambda: not k8s_orphans(sim, set()), timeout=10)
+            assert not k8s_orphans(sim, set()), k8s_orphans(sim, set())
         finally:
             figures.seconds_total = time.monotonic() - t0
             figures.seconds_server_start = sum(server.start_seconds) / max(1, len(server.start_seconds))

@@ -36,6 +36,7 @@ from tests.conftest import Live, free_port, serve
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import ApiFault, NodeSpec, Sim, run_sim
 from tests.test_k8s_shimlet import openai_backend
+from tests.test_k8s_shimlet_inspect import modelinfo_job
 
 SEED_ENV, DEPLOYS_ENV, RATIO_ENV = "MODSERV_FAULTS_SEED", "MODSERV_FAULTS_DEPLOYS", "MODSERV_FAULTS_RATIO"
 MANAGED = "app.kubernetes.io/managed-by=modserv-shim"
@@ -105,7 +106,10 @@ class WatchChaos:
                 self.dropped += self.sim.drop_watches()
 
 
-async def test_50_deploys_through_api_faults_reach_running_and_deletes_leave_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("validation", ["model_root", "job"])
+async def test_50_deploys_through_api_faults_reach_running_and_deletes_leave_nothing(tmp_path: Path,
+                                                                                     validation: str) -> None:
+    """``validation``: the model is read through ``model_root``, or checked by a validation Job per deploy."""
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**31))
     deploys = int(os.environ.get(DEPLOYS_ENV) or 50)
     ratio = float(os.environ.get(RATIO_ENV) or 0.10)
@@ -114,15 +118,18 @@ async def test_50_deploys_through_api_faults_reach_running_and_deletes_leave_not
     volume = tmp_path / "pvc"
     volume.mkdir()
     write_tiny_llama_gguf(volume / "tiny.gguf")
-    figures: dict[str, Any] = {"seed": seed, "deploys": deploys, "ratio": ratio}
-    nodes = [NodeSpec("cpu-1", cpu="128", memory="512Gi", pods=250)]
+    figures: dict[str, Any] = {"seed": seed, "validation": validation, "deploys": deploys, "ratio": ratio}
+    nodes = [NodeSpec("cpu-1", cpu="128", memory="4Ti", pods=2000)]
     t_start = time.monotonic()
     with run_sim(nodes=nodes, seed=seed) as sim, openai_backend("faulty") as backend:
         sim.set_default_service_backend(backend)
         options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
                    "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"},
-                   "model_root": str(volume), "api_backoff": 0.05, "api_backoff_max": 0.5, "sync_timeout": 20.0,
-                   "delete_wait": 20.0}
+                   "api_backoff": 0.05, "api_backoff_max": 0.5, "sync_timeout": 20.0, "delete_wait": 20.0}
+        if validation == "model_root":
+            options["model_root"] = str(volume)
+        else:
+            sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
         settings = Settings.load(None, data_dir=tmp_path / "data", shimlet="k8s", pipeline="opensourcellm",
                                  port=free_port(), poll_interval=0.5, shimlets={"k8s": options})
         handles = [sim.inject(f) for f in fault_mix(ratio)]
@@ -131,7 +138,7 @@ async def test_50_deploys_through_api_faults_reach_running_and_deletes_leave_not
         try:
             with WatchChaos(sim, rng) as watches:
                 body = {"modelName": "faulty", "modelFile": "/models/tiny.gguf",
-                        "resourceRequirements": {"cpu": "1", "memory": "1Gi"}}
+                        "resourceRequirements": {"cpu": "100m", "memory": "1Gi"}}
 
                 async def deploy(n: int) -> str:
                     await asyncio.sleep(rng.uniform(0, 2.0))  # spread over two seconds
