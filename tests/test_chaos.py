@@ -6,8 +6,10 @@ sending requests, so kills land during requests, pipelines, deletes and the resu
 Every kill is followed by a restart on the same data dir and port.  After the run (a last kill and
 restart, then a bounded wait for things to settle):
 
-* every deploy answered 202 is listed by ``GET /api/v1/modserv`` under its id; what else is listed
-  came from deploys whose answer the kill swallowed (never more of them than such deploys);
+* every deploy answered 202 is listed by ``GET /api/v1/modserv`` under its id; every other deploy
+  carries an ``Idempotency-Key`` and, when a kill swallows its answer, is sent again after the restart
+  (it must be answered, with one service); what else is listed came from deploys without a key
+  whose answer the kill swallowed (never more of them than such deploys);
 * every service not deleted is ``running``, or ``failed`` with a reason;
 * every deleted service (its delete answered 200/202, or sent again after the restart that
   swallowed its answer) is ``terminated`` and has no workload left;
@@ -55,8 +57,10 @@ from tests.test_k8s_shimlet_inspect import modelinfo_job
 
 SEED_ENV, DEPLOYS_ENV, KILLS_ENV = "MODSERV_CHAOS_SEED", "MODSERV_CHAOS_DEPLOYS", "MODSERV_CHAOS_KILLS"
 KILL_DELAY = (0.05, 1.5)  # seconds after an action
+KILL_PENDING_PAUSE = (0.0, 0.02)  # seconds between actions while a kill is pending
 LIVE_STATES = ("initializing", "pipeline_running", "deploying", "health_checking", "running", "degraded",
                "failed", "terminating")
+LIST_PAGE = 500
 K8S_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "Service", "Pod", "Job")
 MANAGED = "app.kubernetes.io/managed-by=modserv-shim"
 INSTANCE = "app.kubernetes.io/instance"
@@ -94,7 +98,9 @@ class Figures:
     shimlet: str
     deploys_sent: int = 0
     deploys_answered: int = 0
-    deploys_unanswered: int = 0
+    deploys_unanswered: int = 0  # of them: without an Idempotency-Key (with one, the deploy is re-sent)
+    deploys_keyed: int = 0  # sent with an Idempotency-Key
+    deploys_resent: int = 0  # keyed deploys whose answer a kill swallowed, sent again after the restart
     deletes_answered: int = 0
     deletes_resent: int = 0
     requests: int = 0
@@ -124,6 +130,7 @@ class Chaos:
         self.server, self.rng, self.figures, self.body = server, rng, figures, body
         self.target_deploys, self.target_kills, self.max_live, self.pause = deploys, kills, max_live, pause
         self.tracked: dict[str, Tracked] = {}
+        self._resend: list[tuple[str, dict[str, Any]]] = []  # keyed deploys to send again after the restart
         self._timer: threading.Timer | None = None
         self._killed = threading.Event()
         self._actions_until_kill = self._kill_gap()
@@ -158,6 +165,13 @@ class Chaos:
         self.server.start()
         self.figures.restarts += 1
         self._actions_until_kill = self._kill_gap()
+        for key, body in self._resend:  # the same key and body: the service the first try created, or a new one
+            self.figures.deploys_resent += 1
+            r = self._call("POST", "/api/v1/modserv/deploy", json=body, headers={"Idempotency-Key": key})
+            assert r.status_code == 202, r.text
+            sid = r.json()["data"]["serviceId"]
+            self.tracked[sid] = Tracked(sid)
+        self._resend.clear()
         listed = self._list()
         for svc in listed.values():
             if svc["state"] != "terminated":
@@ -197,17 +211,31 @@ class Chaos:
                 self._restart()
 
     def _list(self) -> dict[str, dict[str, Any]]:
-        r = self._call("GET", "/api/v1/modserv")
-        assert r.status_code == 200, r.text
-        return {s["serviceId"]: s for s in r.json()["data"]}
+        out: dict[str, dict[str, Any]] = {}
+        while True:  # every page
+            r = self._call("GET", f"/api/v1/modserv?limit={LIST_PAGE}&offset={len(out)}")
+            assert r.status_code == 200, r.text
+            page = r.json()["data"]
+            out.update((s["serviceId"], s) for s in page)
+            if len(page) < LIST_PAGE:
+                return out
 
     def _deploy(self) -> None:
+        """Every other deploy carries an Idempotency-Key: if a kill swallows its answer it is sent again after the
+        restart and must name one service; one without a key is looked for in the list after the restart."""
         n = self.figures.deploys_sent
         self.figures.deploys_sent += 1
+        body = self.body(n)
+        key = f"chaos-{self.figures.seed}-{n}" if n % 2 else None
+        self.figures.deploys_keyed += key is not None
         try:
-            r = self._call("POST", "/api/v1/modserv/deploy", json=self.body(n))
+            r = self._call("POST", "/api/v1/modserv/deploy", json=body,
+                           headers={"Idempotency-Key": key} if key else None)
         except ServerGone:
-            self.figures.deploys_unanswered += 1
+            if key:
+                self._resend.append((key, body))
+            else:
+                self.figures.deploys_unanswered += 1
             raise
         assert r.status_code == 202, r.text
         self.figures.deploys_answered += 1
@@ -244,11 +272,12 @@ class Chaos:
         done = self.figures.deploys_sent >= self.target_deploys
         if can_deploy and (not live or self.rng.random() < 0.55):
             self._deploy()
-        elif live and not done:
-            self._delete(self.rng.choice(live))
+        elif live and not done:  # mostly the oldest: most services get to run before they go
+            self._delete(live[0] if self.rng.random() < 0.7 else self.rng.choice(live))
         else:  # kills still to come: let the server work (and be killed); what is live stays for the checks
             self._call("GET", "/api/v1/modserv")
-        time.sleep(self.rng.uniform(*self.pause))
+        # While a kill is pending, requests follow each other closely, so that kills cut requests too.
+        time.sleep(self.rng.uniform(*(KILL_PENDING_PAUSE if self._timer is not None else self.pause)))
         if self._killed.is_set() or (self._timer is not None and not self.server.alive()):
             raise ServerGone
 
@@ -514,9 +543,9 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
     write_tiny_llama_gguf(volume / "tiny.gguf")
     figures = Figures(seed, "k8s")
     nodes = [NodeSpec("cpu-1", cpu="64", memory="256Gi", pods=250)]
-    # Pods take ~1 s to become ready, as a small model server would, and the model is validated by a
-    # validation Job (no model_root) running ~0.4 s: kills land during validation and deploys too.
-    with run_sim(nodes=nodes, seed=seed, pod_start_delay=0.3, pod_ready_delay=0.7, job_run_seconds=0.4) as sim, \
+    # Pods take ~0.7 s to become ready, as a small model server would, and the model is validated by a
+    # validation Job (no model_root) running ~0.3 s: kills land during validation and deploys too.
+    with run_sim(nodes=nodes, seed=seed, pod_start_delay=0.2, pod_ready_delay=0.5, job_run_seconds=0.3) as sim, \
             openai_backend("chaos") as backend:
         sim.set_default_service_backend(backend)
         sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
@@ -534,7 +563,7 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
                     "resourceRequirements": {"cpu": "1", "memory": "1Gi"}, "replicaCount": 1 + n % 2}
 
         chaos = Chaos(server, rng, figures, body, deploys=_env_int(DEPLOYS_ENV, 50),
-                      kills=_env_int(KILLS_ENV, 10), max_live=8, pause=(0.0, 0.3))
+                      kills=_env_int(KILLS_ENV, 10), max_live=8, pause=(0.1, 0.6))
         t0 = time.monotonic()
         try:
             chaos.run()
