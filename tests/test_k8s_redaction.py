@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.plugins import DeployContext, PluginContext
 from modserv_shim.spec import DeploySpec, redact
 
@@ -17,7 +18,8 @@ def test_redact_masks_env_values_in_k8s_manifests(tmp_path: Path) -> None:
     from modserv_shim.shimlets.k8s import K8sShimlet
 
     launch = LlamaCppRuntime().render(
-        LaunchParams("tiny", "/models/tiny.gguf", context_length=2048, env={"HF_TOKEN": "hf_s3cretvalue"}),
+        LaunchParams("tiny", "/models/tiny.gguf", context_length=2048, env={"HF_TOKEN": "hf_s3cretvalue"},
+                     policy=RequestPolicy(env_names=frozenset({"HF_TOKEN"}))),  # as an admin would allow it
         target="container")
     shimlet = K8sShimlet(PluginContext("k8s", tmp_path, {"namespace": "default"}))
     spec = DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf", env={"HF_TOKEN": "hf_s3cretvalue"})
