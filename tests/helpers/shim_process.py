@@ -40,18 +40,13 @@ class ShimProcess:
         self._lock = threading.Lock()
 
     def start(self, timeout: float = 60.0) -> None:
+        """Spawn the server and wait until ``/healthz`` answers (the server resumed its services by then)."""
         t0 = time.monotonic()
-        with self._lock, self.log.open("ab") as out:
-            out.write(f"\n===== start {self.starts + 1} =====\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modserv_shim.cli", f"--port={self.port}", f"--data-dir={self.data_dir}",
-                 "--log-format=json", *self.args], stdout=out, stderr=out)
-            self.starts += 1
+        proc = self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     self.start_seconds.append(time.monotonic() - t0)
@@ -59,6 +54,17 @@ class ShimProcess:
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise AssertionError(f"server did not start within {timeout} s:\n{self.tail()}")
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the server process and return at once (``start`` also waits for it to answer)."""
+        with self._lock, self.log.open("ab") as out:
+            out.write(f"\n===== start {self.starts + 1} =====\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modserv_shim.cli", f"--port={self.port}", f"--data-dir={self.data_dir}",
+                 "--log-format=json", *self.args], stdout=out, stderr=out)
+            self.starts += 1
+            return self.proc
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
