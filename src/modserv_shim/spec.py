@@ -79,9 +79,11 @@ class ResourceRequirements(_Strict):
         default=0, ge=0, le=16, description="Accelerators per replica (tensor parallel size)."
     )
     cpu: str | None = Field(default=None, max_length=MAX_QUANTITY_LENGTH,
-                            description="CPU per replica, e.g. '4' or '500m' (at most 4096).")
+                            description="CPU per replica, e.g. '4' or '500m' (at most 4096).",
+                            json_schema_extra={"pattern": CPU_RE.pattern})
     memory: str | None = Field(default=None, max_length=MAX_QUANTITY_LENGTH,
-                               description="Memory per replica, e.g. '16Gi' (from 1Mi to 64Ti).")
+                               description="Memory per replica, e.g. '16Gi' (from 1Mi to 64Ti).",
+                               json_schema_extra={"pattern": MEMORY_RE.pattern})
 
     @field_validator("cpu", mode="before")
     @classmethod
@@ -156,7 +158,8 @@ class DeploySpec(_Strict):
         min_length=1,
         max_length=MAX_PATH_LENGTH,
         description="Absolute path of the model as the inference server sees it"
-        " (a GGUF file or a Hugging Face folder).",
+        " (a GGUF file or a Hugging Face folder); no '..', no control characters.",
+        json_schema_extra={"pattern": r"^/[^\x00-\x1f\x7f]*$"},
         examples=["/models/llama-3-8b"],
     )
     resourceRequirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
