@@ -18,7 +18,10 @@ from typing import Any
 import httpx
 
 from modserv_shim.core.lifecycle import State, can_transition
+from modserv_shim.server.runner import build_registry
 from tests.conftest import Live, fake_settings, serve, wait_for
+from tests.doubles.fake_pipeline import FakePipeline
+from tests.doubles.fake_shimlet import FakeShimlet
 from tests.test_api_flows import DEPLOY
 
 DEPLOYS = int(os.environ.get("MODSERV_CONCURRENCY_DEPLOYS", "200"))
@@ -102,6 +105,11 @@ async def test_scale_delete_and_retry_at_once_lose_nothing(start_server, tmp_pat
 
         results = await asyncio.gather(*(run(op) for op in ops))
 
+    mix: dict[tuple[str, int], int] = {}
+    for _, verb, status, _ in results:
+        mix[verb, status] = mix.get((verb, status), 0) + 1
+    print(f"CONCURRENCY {len(results)} requests at once on {n} services:",
+          ", ".join(f"{verb} {status} x{k}" for (verb, status), k in sorted(mix.items())))
     expected = {"scale": {200, 409}, "retry": {409}, "delete": {200, 202}}
     odd = [(sid, verb, status, b["message"]) for sid, verb, status, b in results if status not in expected[verb]]
     assert not odd, odd[:5]
@@ -166,7 +174,10 @@ async def test_idempotency_key_returns_the_same_service(start_server, tmp_path: 
     assert len(services) == 2
     # the key outlives a restart of the server
     await live.stop()
-    live = await serve(settings, headers=_auth("alice"))
+    registry = build_registry(settings)  # the same plugins as before the restart
+    registry.register("shimlet", "fake", FakeShimlet, "test-double")
+    registry.register("pipeline", "fake", FakePipeline, "test-double")
+    live = await serve(settings, registry, headers=_auth("alice"))
     try:
         async with client(live, "alice-token-0123456789") as alice:
             r = await alice.post("/api/v1/modserv/deploy", json=body(1), headers={"Idempotency-Key": key})
