@@ -187,7 +187,8 @@ def create_app(
         service_id: str,
         who: Who,
         wait_for: Annotated[str | None, Query(
-            alias="waitFor", description="Comma-separated states: answer once the service is in one of them"
+            alias="waitFor", max_length=200,
+            description="Comma-separated states: answer once the service is in one of them"
             " (or failed, or terminated), or after `timeout` seconds, whatever comes first.")] = None,
         timeout: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds `waitFor` may wait.")] = 30.0,
     ) -> JSONResponse:
@@ -211,7 +212,8 @@ def create_app(
     @app.get(f"{API}/modserv/{{service_id}}/pipeline/logs", tags=["services"],
              response_model=Envelope[views.PipelineLogsView], responses=responses(*AUTH, 404, 422))
     async def get_pipeline_logs(
-        service_id: str, who: Who, step: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+        service_id: str, who: Who, step: Annotated[str | None, Query(max_length=120)] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> JSONResponse:
         require(who, Role.VIEWER, "reading pipeline logs")
         rec = await manager.get(service_id)
