@@ -69,6 +69,37 @@ def test_reset_fault_rejects_unknown_modes() -> None:
         ApiFault(reset="sometimes")
 
 
+# -- a validation Job whose apply took effect although the shim saw it fail ------------------------------------
+
+
+async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(tmp_path: Path) -> None:
+    """Regression: every apply of the Job is carried out and its answer lost (reset after), so ``apply``
+    fails after its retries; the Job it did create must still be deleted, not left to run."""
+    from modserv_shim.errors import ShimError
+    from modserv_shim.plugins import PluginContext
+    from modserv_shim.shimlets.k8s import K8sShimlet
+    from modserv_shim.spec import DeploySpec
+
+    volume = tmp_path / "pvc"
+    volume.mkdir()
+    write_tiny_llama_gguf(volume / "tiny.gguf")
+    with run_sim() as sim:
+        sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
+        options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
+                   "api_backoff": 0.01, "api_retries": 2,
+                   "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}}
+        shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
+        await shimlet.start()
+        try:
+            lost = ApiFault(reset="after", count=None, method="PATCH", path_contains="/jobs/")
+            with sim.inject(lost), pytest.raises(ShimError, match="applying Job"):
+                await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
+            assert sim.api_faults_fired() == {"reset-after": 2}
+            assert not sim.list("Job", "default"), "the Job the failed apply created is left behind"
+        finally:
+            await shimlet.close()
+
+
 # -- 50 deploys through faults ------------------------------------------------------------------------------------
 
 

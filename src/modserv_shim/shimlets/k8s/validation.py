@@ -84,9 +84,10 @@ class ValidationJob:
         name = naming.validation_job_name(spec.modelName)
         manifest = manifests.validation_job(spec, name, self.kube.namespace, self.options)
         self._ours.add(name)  # before the apply: its pod may show up before the apply returns
-        await self.kube.apply(manifest)
-        log.info("k8s shimlet: validation Job %s/%s checks %s", self.kube.namespace, name, spec.modelFile)
         try:
+            # Inside the try: an apply that failed may still have created the Job (its answer was lost).
+            await self.kube.apply(manifest)
+            log.info("k8s shimlet: validation Job %s/%s checks %s", self.kube.namespace, name, spec.modelFile)
             pod = await self._wait(name)
         finally:
             try:
