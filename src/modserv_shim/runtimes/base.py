@@ -51,17 +51,26 @@ COMMON_ENV = frozenset({
 })
 """Variables any runtime may be given: none of them names code, a library or a file to load."""
 
-# Why a flag is never accepted in runtimeArgs, whatever the runtime.
-SETS_LISTEN = "the shim chooses the address and port the server listens on"
-SETS_MODEL = "the shim passes the model: set modelFile"
-SETS_NAME = "the shim passes the served name: set modelName"
-SETS_CONTEXT = "the shim passes the context length: set contextLength"
-SETS_PARALLEL = "the shim sets tensor parallelism from resourceRequirements.acceleratorCount"
-SETS_GPU_SHARE = "the shim sets the GPU memory share (the pipeline's gpu_memory_utilization option)"
-EXPOSES = "it changes who can reach the server or how (the shim manages exposure)"
-LOADS_CODE = "it makes the server load code or templates from outside the model's own files"
-LOADS_FILES = "it makes the server read or write other files than the model"
-DOWNLOADS = "it makes the server download from the network; models are served from local files"
+
+
+class Why:
+    """Why a flag is never accepted in ``runtimeArgs``, whatever the runtime (see :meth:`Runtime.refused_args`)."""
+
+    LISTEN = "the shim chooses the address and port the server listens on"
+    MODEL = "the shim passes the model: set modelFile"
+    NAME = "the shim passes the served name: set modelName"
+    CONTEXT = "the shim passes the context length: set contextLength"
+    PARALLEL = "the shim sets tensor parallelism from resourceRequirements.acceleratorCount"
+    GPU_SHARE = "the shim sets the GPU memory share (the pipeline's gpu_memory_utilization option)"
+    EXPOSES = "it changes who can reach the server or how (the shim manages exposure)"
+    LOADS_CODE = "it makes the server load code or templates from outside the model's own files"
+    LOADS_FILES = "it makes the server read or write other files than the model"
+    DOWNLOADS = "it makes the server download from the network; models are served from local files"
+
+
+def refusing(*groups: tuple[str, tuple[str, ...]]) -> dict[str, str]:
+    """``(reason, (flag, ...)), ...`` -> flag -> reason: refusals written grouped by their reason."""
+    return {flag: reason for reason, flags in groups for flag in flags}
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,16 @@ from typing import ClassVar, Literal
 from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer, number
 from modserv_shim.plugins import LaunchSpec
 from modserv_shim.runtimes.base import (
-    DOWNLOADS,
-    EXPOSES,
     HOST,
-    LOADS_CODE,
-    LOADS_FILES,
     PORT,
-    SETS_CONTEXT,
-    SETS_LISTEN,
-    SETS_MODEL,
-    SETS_NAME,
     LaunchParams,
     ModelFormat,
     Runtime,
     Target,
+    Why,
     flag,
     python_module,
+    refusing,
 )
 
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
@@ -71,16 +65,18 @@ LLAMA_SERVER_ARGS: Mapping[str, ArgRule] = {
     "--metrics": FLAG, "--no-webui": FLAG, "--timeout": integer(1, 86400), "--embedding": FLAG,
     "--pooling": choice("none", "mean", "cls", "last", "rank"), "--verbose": FLAG, "--log-disable": FLAG,
 }
-LLAMA_SERVER_REFUSED: Mapping[str, str] = {
-    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--reuse-port": SETS_LISTEN, "--model": SETS_MODEL,
-    "--alias": SETS_NAME, "--ctx-size": SETS_CONTEXT, "--api-key": EXPOSES, "--api-key-file": EXPOSES,
-    "--ssl-key-file": EXPOSES, "--ssl-cert-file": EXPOSES, "--path": EXPOSES, "--api-prefix": EXPOSES,
-    "--props": EXPOSES, "--slots": EXPOSES, "--slot-save-path": LOADS_FILES, "--log-file": LOADS_FILES,
-    "--chat-template": LOADS_CODE, "--chat-template-file": LOADS_CODE, "--grammar-file": LOADS_FILES,
-    "--lora": LOADS_FILES, "--lora-scaled": LOADS_FILES, "--control-vector": LOADS_FILES, "--mmproj": LOADS_FILES,
-    "--model-draft": LOADS_FILES, "--hf-repo": DOWNLOADS, "--hf-file": DOWNLOADS, "--model-url": DOWNLOADS,
-    "--hf-token": DOWNLOADS, "--rpc": EXPOSES,
-}
+LLAMA_SERVER_REFUSED: Mapping[str, str] = refusing(
+    (Why.LISTEN, ("--host", "--port", "--reuse-port")),
+    (Why.MODEL, ("--model",)),
+    (Why.NAME, ("--alias",)),
+    (Why.CONTEXT, ("--ctx-size",)),
+    (Why.EXPOSES, ("--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--path", "--api-prefix",
+        "--props", "--slots", "--rpc")),
+    (Why.LOADS_FILES, ("--slot-save-path", "--log-file", "--grammar-file", "--lora", "--lora-scaled",
+        "--control-vector", "--mmproj", "--model-draft")),
+    (Why.LOADS_CODE, ("--chat-template", "--chat-template-file")),
+    (Why.DOWNLOADS, ("--hf-repo", "--hf-file", "--model-url", "--hf-token")),
+)
 
 # llama-cpp-python's server (the local fallback): its flags are its settings' field names.
 PYTHON_SERVER_ARGS: Mapping[str, ArgRule] = {
@@ -91,13 +87,15 @@ PYTHON_SERVER_ARGS: Mapping[str, ArgRule] = {
     "--chat_format": TOKEN, "--cache": _BOOL, "--cache_size": integer(0, 1 << 36), "--verbose": _BOOL,
     "--embedding": _BOOL, "--logits_all": _BOOL, "--type_k": integer(0, 64), "--type_v": integer(0, 64),
 }
-PYTHON_SERVER_REFUSED: Mapping[str, str] = {
-    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--model": SETS_MODEL, "--model_alias": SETS_NAME,
-    "--n_ctx": SETS_CONTEXT, "--api_key": EXPOSES, "--ssl_keyfile": EXPOSES, "--ssl_certfile": EXPOSES,
-    "--config_file": LOADS_FILES, "--cache_type": LOADS_FILES, "--clip_model_path": LOADS_FILES,
-    "--lora_path": LOADS_FILES, "--lora_base": LOADS_FILES, "--hf_pretrained_model_name_or_path": DOWNLOADS,
-    "--hf_model_repo_id": DOWNLOADS,
-}
+PYTHON_SERVER_REFUSED: Mapping[str, str] = refusing(
+    (Why.LISTEN, ("--host", "--port")),
+    (Why.MODEL, ("--model",)),
+    (Why.NAME, ("--model_alias",)),
+    (Why.CONTEXT, ("--n_ctx",)),
+    (Why.EXPOSES, ("--api_key", "--ssl_keyfile", "--ssl_certfile")),
+    (Why.LOADS_FILES, ("--config_file", "--cache_type", "--clip_model_path", "--lora_path", "--lora_base")),
+    (Why.DOWNLOADS, ("--hf_pretrained_model_name_or_path", "--hf_model_repo_id")),
+)
 
 
 class LlamaCppRuntime(Runtime):

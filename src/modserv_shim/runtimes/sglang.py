@@ -14,24 +14,16 @@ from typing import ClassVar
 
 from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer
 from modserv_shim.runtimes.base import (
-    DOWNLOADS,
-    EXPOSES,
     HOST,
-    LOADS_CODE,
-    LOADS_FILES,
     PORT,
-    SETS_CONTEXT,
-    SETS_GPU_SHARE,
-    SETS_LISTEN,
-    SETS_MODEL,
-    SETS_NAME,
-    SETS_PARALLEL,
     LaunchParams,
     ModelFormat,
     Runtime,
     Target,
+    Why,
     flag,
     python_module,
+    refusing,
 )
 
 SGLANG_IMAGE = "lmsysorg/sglang:v0.4.6.post1-cu124"
@@ -46,13 +38,18 @@ SGLANG_ARGS: Mapping[str, ArgRule] = {
     "--log-level": choice("debug", "info", "warning", "error"), "--attention-backend": TOKEN,
     "--stream-interval": integer(1, 1024), "--cuda-graph-max-bs": integer(1, 4096),
 }
-SGLANG_REFUSED: Mapping[str, str] = {
-    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--model-path": SETS_MODEL, "--served-model-name": SETS_NAME,
-    "--context-length": SETS_CONTEXT, "--tp": SETS_PARALLEL, "--tp-size": SETS_PARALLEL, "--dp": SETS_PARALLEL,
-    "--mem-fraction-static": SETS_GPU_SHARE, "--trust-remote-code": LOADS_CODE, "--chat-template": LOADS_CODE,
-    "--tokenizer-path": LOADS_FILES, "--download-dir": LOADS_FILES, "--load-format": LOADS_FILES,
-    "--lora-paths": LOADS_FILES, "--api-key": EXPOSES, "--revision": DOWNLOADS,
-}
+SGLANG_REFUSED: Mapping[str, str] = refusing(
+    (Why.LISTEN, ("--host", "--port")),
+    (Why.MODEL, ("--model-path",)),
+    (Why.NAME, ("--served-model-name",)),
+    (Why.CONTEXT, ("--context-length",)),
+    (Why.PARALLEL, ("--tp", "--tp-size", "--dp")),
+    (Why.GPU_SHARE, ("--mem-fraction-static",)),
+    (Why.LOADS_CODE, ("--trust-remote-code", "--chat-template")),
+    (Why.LOADS_FILES, ("--tokenizer-path", "--download-dir", "--load-format", "--lora-paths")),
+    (Why.EXPOSES, ("--api-key",)),
+    (Why.DOWNLOADS, ("--revision",)),
+)
 
 
 class SglangRuntime(Runtime):

@@ -16,24 +16,16 @@ from typing import ClassVar
 
 from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer, number
 from modserv_shim.runtimes.base import (
-    DOWNLOADS,
-    EXPOSES,
     HOST,
-    LOADS_CODE,
-    LOADS_FILES,
     PORT,
-    SETS_CONTEXT,
-    SETS_GPU_SHARE,
-    SETS_LISTEN,
-    SETS_MODEL,
-    SETS_NAME,
-    SETS_PARALLEL,
     LaunchParams,
     ModelFormat,
     Runtime,
     Target,
+    Why,
     flag,
     python_module,
+    refusing,
 )
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.8.5"
@@ -56,19 +48,21 @@ VLLM_ARGS: Mapping[str, ArgRule] = {
     "--generation-config": choice("auto", "vllm"), "--max-seq-len-to-capture": integer(1, 1 << 24),
     "--disable-custom-all-reduce": FLAG,
 }
-VLLM_REFUSED: Mapping[str, str] = {
-    "--host": SETS_LISTEN, "--port": SETS_LISTEN, "--uds": SETS_LISTEN, "--model": SETS_MODEL,
-    "--served-model-name": SETS_NAME, "--max-model-len": SETS_CONTEXT, "--tensor-parallel-size": SETS_PARALLEL,
-    "--pipeline-parallel-size": SETS_PARALLEL, "--gpu-memory-utilization": SETS_GPU_SHARE,
-    "--trust-remote-code": LOADS_CODE, "--middleware": LOADS_CODE, "--tool-parser-plugin": LOADS_CODE,
-    "--worker-cls": LOADS_CODE, "--worker-extension-cls": LOADS_CODE, "--chat-template": LOADS_CODE,
-    "--hf-overrides": LOADS_CODE, "--logits-processor-pattern": LOADS_CODE, "--config": LOADS_FILES,
-    "--tokenizer": LOADS_FILES, "--download-dir": LOADS_FILES, "--load-format": LOADS_FILES,
-    "--lora-modules": LOADS_FILES, "--prompt-adapters": LOADS_FILES, "--allowed-local-media-path": LOADS_FILES,
-    "--api-key": EXPOSES, "--ssl-keyfile": EXPOSES, "--ssl-certfile": EXPOSES, "--ssl-ca-certs": EXPOSES,
-    "--allowed-origins": EXPOSES, "--allow-credentials": EXPOSES, "--root-path": EXPOSES,
-    "--revision": DOWNLOADS, "--tokenizer-revision": DOWNLOADS, "--code-revision": DOWNLOADS,
-}
+VLLM_REFUSED: Mapping[str, str] = refusing(
+    (Why.LISTEN, ("--host", "--port", "--uds")),
+    (Why.MODEL, ("--model",)),
+    (Why.NAME, ("--served-model-name",)),
+    (Why.CONTEXT, ("--max-model-len",)),
+    (Why.PARALLEL, ("--tensor-parallel-size", "--pipeline-parallel-size")),
+    (Why.GPU_SHARE, ("--gpu-memory-utilization",)),
+    (Why.LOADS_CODE, ("--trust-remote-code", "--middleware", "--tool-parser-plugin", "--worker-cls",
+        "--worker-extension-cls", "--chat-template", "--hf-overrides", "--logits-processor-pattern")),
+    (Why.LOADS_FILES, ("--config", "--tokenizer", "--download-dir", "--load-format", "--lora-modules",
+        "--prompt-adapters", "--allowed-local-media-path")),
+    (Why.EXPOSES, ("--api-key", "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--allowed-origins",
+        "--allow-credentials", "--root-path")),
+    (Why.DOWNLOADS, ("--revision", "--tokenizer-revision", "--code-revision")),
+)
 
 
 class VllmRuntime(Runtime):

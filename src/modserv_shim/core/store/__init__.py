@@ -135,21 +135,21 @@ class Store:
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Read-your-writes: queued writes are written first.  A durable write of another caller
         in progress is not waited for (it may be waiting for another process's lock)."""
-        if self._pending:
-            async with self._order:
-                await self._drain()
-        elif self._inflight is not None and not self._inflight.done():
-            await asyncio.shield(self._inflight)
+        await self._settle()
         return await self.backend.read(fn)
 
     async def read_bulk(self, fn: Callable[[Connection], T]) -> T:
         """:meth:`read` for results that may be large (API listings): off the event loop where the backend can."""
+        await self._settle()
+        return await self.backend.read_bulk(fn)
+
+    async def _settle(self) -> None:
+        """Before a read: queued writes are written, a batch in flight has landed."""
         if self._pending:
             async with self._order:
                 await self._drain()
         elif self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
-        return await self.backend.read_bulk(fn)
 
     async def _submit(self, fn: Callable[[Connection], object], durable: bool) -> None:
         """Write now (durable) or queue for write-behind."""
