@@ -100,6 +100,42 @@ async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(
             await shimlet.close()
 
 
+# -- the health check's requests through the API server's service proxy -----------------------------------------
+
+
+async def test_a_probe_outlasts_an_api_server_outage_longer_than_the_call_retries(tmp_path: Path) -> None:
+    """Regression (found at 25-30 % faults): a health-check request through the service proxy failed the deploy
+    as soon as one call used up its ``api_retries``; the API server's own errors say nothing about the model
+    server, so they are now retried for up to ``probe_timeout``.  Refusals (4xx) are still answered at once."""
+    from modserv_shim.plugins import PluginContext, ResourcePhase
+    from modserv_shim.shimlets.k8s import K8sShimlet
+    from tests.test_k8s_shimlet import context, wait_phase
+
+    with run_sim() as sim, openai_backend("tiny") as backend:
+        sim.set_default_service_backend(backend)
+        options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
+                   "api_backoff": 0.01, "api_backoff_max": 0.05, "api_retries": 2, "probe_timeout": 10.0}
+        shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
+        await shimlet.start()
+        try:
+            rid = await shimlet.create(context("tiny-5a0b0c0d-0000-4000-8000-000000000001"))
+            await wait_phase(shimlet, rid, ResourcePhase.READY)
+            outage = [sim.inject(ApiFault(status=503, count=4, path_contains="/proxy/")),
+                      sim.inject(ApiFault(reset="before", count=3, path_contains="/proxy/"))]
+            status, body = await shimlet.request(rid, "GET", "/v1/models")
+            assert status == 200 and body["data"][0]["id"] == "tiny"
+            assert sim.api_faults_fired() == {"503": 4, "reset-before": 3}  # 7 failures > api_retries
+            for handle in outage:
+                handle.remove()
+            with sim.inject(ApiFault(status=403, count=None, path_contains="/proxy/")):
+                t0 = time.monotonic()
+                status, _ = await shimlet.request(rid, "GET", "/v1/models")  # the pipeline says "answered 403"
+                assert status == 403 and time.monotonic() - t0 < 1
+        finally:
+            await shimlet.delete(rid)
+            await shimlet.close()
+
+
 # -- 50 deploys through faults ------------------------------------------------------------------------------------
 
 

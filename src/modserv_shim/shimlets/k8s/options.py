@@ -42,7 +42,9 @@ key                        default                     meaning
 ``watch_timeout``          300 s                       server-side lifetime of one watch request
 ``sync_timeout``           30 s                        ``start()`` waits this long for the first lists
 ``delete_wait``            30 s                        ``delete()`` waits this long for the pods to go
-``probe_timeout``          60 s                        timeout of one request to a service's endpoint
+``probe_timeout``          60 s                        timeout of one request to a service's endpoint;
+                                                       through the service proxy, also how long the API
+                                                       server's own failures are retried
 =========================  ==========================  ==============================================
 
 Unknown keys are refused (:class:`~modserv_shim.errors.ValidationFailed`), so a

@@ -21,7 +21,9 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   before Kubernetes 1.23/1.24, and the Role needs one verb less.
 * ``scale`` goes through the ``/scale`` subresource; ``logs`` reads each pod
   (``[pod] line``; a crash-looping container's previous run); ``request`` reaches
-  the service through the API server's service proxy (or directly, in-cluster).
+  the service through the API server's service proxy (or directly, in-cluster);
+  through the proxy, the API server's own failures are retried for up to
+  ``probe_timeout``, not only ``api_retries`` times.
 * ``watch`` streams ``(service id, status)`` for every change of every service,
   fed by three label-selected watches shared by all services (:mod:`.informer`).
 * ``start`` lists and watches before it returns, so the workloads of an earlier
@@ -289,8 +291,27 @@ class K8sShimlet:
         if self._direct is not None:
             url = f"{self._endpoint(name, self._cache.workload(name))}/{path.lstrip('/')}"
             return await kube.raw_request(method, url, what=what, json_body=json, client=self._direct)
-        return await kube.raw_request(method, proxy_path(kube.namespace, name, PORT_NAME, path), what=what,
-                                      json_body=json)
+        return await self._through_proxy(kube, method, proxy_path(kube.namespace, name, PORT_NAME, path), what,
+                                         json)
+
+    async def _through_proxy(self, kube: KubeApi, method: str, path: str, what: str, json: Any) -> tuple[int, Any]:
+        """A request through the API server's service proxy.  The API server's own failures (429/5xx
+        ``Status``, broken connections) say nothing about the model server behind it, so a call that used
+        up its ``api_retries`` is tried again, until ``probe_timeout`` has passed: a short API outage must
+        not fail a health check.  Refusals (4xx) fail at once; the model server's answers are returned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.probe_timeout
+        rounds = 0
+        while True:
+            try:
+                return await kube.raw_request(method, path, what=what, json_body=json)
+            except BackendUnavailable:
+                rounds += 1
+                delay = kube.backoff.delay(rounds)
+                if loop.time() + delay >= deadline:
+                    raise
+                log.info("k8s shimlet: %s: the API server keeps failing; trying again in %.2f s", what, delay)
+                await asyncio.sleep(delay)
 
     def resource_ids(self) -> list[str]:
         """Ids of every service this shimlet sees (after ``start``)."""
