@@ -34,7 +34,7 @@ import pytest
 from modserv_shim.config import Settings
 from tests.conftest import Live, free_port, serve
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.k8s_sim import ApiFault, NodeSpec, Sim, run_sim
+from tests.k8s_sim import ApiFault, NodeSpec, Sim, eventually, run_sim
 from tests.test_k8s_shimlet import openai_backend
 from tests.test_k8s_shimlet_inspect import modelinfo_job
 
@@ -98,6 +98,38 @@ async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(
             assert not sim.list("Job", "default"), "the Job the failed apply created is left behind"
         finally:
             await shimlet.close()
+
+
+async def test_a_validation_job_whose_delete_fails_is_deleted_later(tmp_path: Path) -> None:
+    """Regression (found at 30 % faults): when deleting the validation Job used up its retries, the Job and its
+    pod stayed for good (the TTL controller removes finished Jobs only 10 minutes later, unfinished ones
+    never); the verdict stands, and the Job is deleted in the background as soon as the API lets us."""
+    from modserv_shim.plugins import PluginContext
+    from modserv_shim.shimlets.k8s import K8sShimlet
+    from modserv_shim.spec import DeploySpec
+
+    volume = tmp_path / "pvc"
+    volume.mkdir()
+    write_tiny_llama_gguf(volume / "tiny.gguf")
+    with run_sim() as sim:
+        sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
+        options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
+                   "api_backoff": 0.01, "api_backoff_max": 0.1, "api_retries": 2,
+                   "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}}
+        shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
+        await shimlet.start()
+        try:
+            sim.inject(ApiFault(status=500, count=5, method="DELETE", path_contains="/jobs/"))
+            facts = await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
+            assert facts["format"] == "gguf"  # the verdict stands
+            await eventually(lambda: _no_jobs(sim), timeout=5)
+            assert sim.api_faults_fired() == {"500": 5}
+        finally:
+            await shimlet.close()
+
+
+async def _no_jobs(sim: Sim) -> bool:
+    return not sim.list("Job", "default") and not sim.list("Pod", "default")
 
 
 # -- the health check's requests through the API server's service proxy -----------------------------------------

@@ -135,15 +135,10 @@ class K8sShimlet:
             if self.options.endpoint_access == "direct":
                 self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
             self._job = ValidationJob(kube, self._cache, self.options)
-            if self._job.leftovers():  # validation Jobs of a run that was killed mid-validation
-                self._tasks.append(asyncio.create_task(self._sweep(self._job), name="k8s-validation-sweep"))
+            self._job.clean_up()  # validation Jobs of a run that was killed mid-validation
             self._started = True
             log.info("k8s shimlet: watching namespace %s on %s; %d workload(s) adopted", namespace,
                      config.cluster.server, len(self._cache.workload_names()))
-
-    @staticmethod
-    async def _sweep(job: ValidationJob) -> None:
-        await job.sweep()
 
     async def close(self) -> None:
         """Stop watching; every workload keeps running for the next ``start``."""
@@ -157,6 +152,8 @@ class K8sShimlet:
             queue.put_nowait(None)
 
     async def _stop_watching(self) -> None:
+        if self._job is not None:
+            await self._job.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

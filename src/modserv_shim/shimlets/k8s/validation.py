@@ -21,7 +21,10 @@ the resumed step starts a Job of its own (names are random): so the pods of
 validation Jobs this run did not create are swept, their Jobs deleted, when
 the shimlet starts and after each validation (:meth:`ValidationJob.sweep`).
 Validations never outlive the process that started them, so such a Job is
-always a leftover (one namespace per shim, see docs/kubernetes.md).
+always a leftover (one namespace per shim, see docs/kubernetes.md).  A Job
+whose own delete failed (the API kept failing) becomes a leftover too; while
+there are leftovers a background task sweeps again, backing off, until they
+are gone (:meth:`ValidationJob.clean_up`).
 
 A model that is not there is "model not found on the volume", a permanent error.
 """
@@ -77,8 +80,9 @@ class ValidationJob:
 
     def __init__(self, kube: KubeApi, cache: ClusterCache, options: K8sOptions) -> None:
         self.kube, self.cache, self.options = kube, cache, options
-        self._ours: set[str] = set()  # Jobs this run created (their pods are never swept)
+        self._ours: set[str] = set()  # Jobs this run created and is in charge of deleting (never swept)
         self._swept: set[str] = set()  # leftovers already deleted
+        self._cleaner: asyncio.Task[None] | None = None
 
     async def run(self, spec: DeploySpec) -> dict[str, Any]:
         name = naming.validation_job_name(spec.modelName)
@@ -92,27 +96,47 @@ class ValidationJob:
         finally:
             try:
                 await self.kube.delete("Job", name)
-            except ShimError as exc:  # the TTL controller removes it later; the verdict stands
-                log.warning("k8s shimlet: cannot delete validation Job %s: %s", name, exc)
-        await self.sweep()
+            except ShimError as exc:  # the verdict stands; the Job is swept later
+                log.warning("k8s shimlet: cannot delete validation Job %s now, trying again later: %s", name, exc)
+                self._ours.discard(name)
+            self.clean_up()
         return self._verdict(spec, name, pod)
 
     def leftovers(self) -> set[str]:
-        """Validation Jobs with pods in the cache that this run neither created nor deleted yet."""
+        """Validation Jobs with pods in the cache that nobody is deleting: left by an earlier run, or whose
+        delete failed."""
         return self.cache.validation_jobs() - self._ours - self._swept
 
+    def clean_up(self) -> None:
+        """Sweep in the background while there are leftovers (at start and after each validation)."""
+        if self.leftovers() and (self._cleaner is None or self._cleaner.done()):
+            self._cleaner = asyncio.create_task(self._sweep_until_clean(), name="k8s-validation-sweep")
+
+    async def close(self) -> None:
+        if self._cleaner is not None:
+            self._cleaner.cancel()
+            await asyncio.gather(self._cleaner, return_exceptions=True)
+
+    async def _sweep_until_clean(self) -> None:
+        failures = 0
+        while await self.sweep() or self.leftovers():
+            if self.leftovers():  # some deletes failed: the API is in trouble, back off
+                failures += 1
+                await asyncio.sleep(self.kube.backoff.delay(failures))
+
     async def sweep(self) -> int:
-        """Delete the validation Jobs an earlier run left (killed mid-validation); how many were deleted."""
+        """Delete the leftover validation Jobs once; how many were deleted (failed ones stay leftovers)."""
         deleted = 0
         for name in sorted(self.leftovers()):
             self._swept.add(name)
             try:
                 await self.kube.delete("Job", name)
-            except ShimError as exc:  # the next sweep does not retry; the TTL controller is the safety net
-                log.warning("k8s shimlet: cannot delete the leftover validation Job %s: %s", name, exc)
+            except ShimError as exc:
+                self._swept.discard(name)
+                log.warning("k8s shimlet: cannot delete the leftover validation Job %s yet: %s", name, exc)
                 continue
             deleted += 1
-            log.info("k8s shimlet: deleted validation Job %s/%s, left by an earlier run", self.kube.namespace, name)
+            log.info("k8s shimlet: deleted the leftover validation Job %s/%s", self.kube.namespace, name)
         return deleted
 
     async def _wait(self, name: str) -> Obj:
