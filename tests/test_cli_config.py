@@ -12,6 +12,7 @@ import pytest
 
 from modserv_shim.config import Settings
 from tests.conftest import Live, fake_settings, free_port
+from tests.helpers.shim_process import stop_process
 from tests.test_api_flows import DEPLOY
 
 CLI = [sys.executable, "-m", "modserv_shim.cli"]
@@ -193,10 +194,5 @@ def test_banner_for_ipv6_loopback(tmp_path: Path) -> None:
         while "listening on" not in banner and (line := proc.stderr.readline()):
             banner = line
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
     assert re.search(r" listening on http://\[::1\]:\d+ \(shimlet=local, pipeline=opensourcellm", banner), banner

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.helpers.shim_process import stop_process
 from tests.test_api_flows import DEPLOY
 
 DOUBLES = Path(__file__).parent / "doubles"
@@ -51,13 +52,7 @@ class ServerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def api(self, method: str, path: str, **kw: Any) -> Any:
         r = httpx.request(method, f"{self.url}{path}", timeout=30, **kw)

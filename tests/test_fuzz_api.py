@@ -53,6 +53,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import REPO, free_port
+from tests.helpers.shim_process import stop_process
 from tests.test_api_flows import DEPLOY
 
 ADMIN = "fuzz-admin-token-0123456789"
@@ -135,12 +136,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
         STARTED.append(time.monotonic())
         yield FuzzServer(url, proc, log, running, failed, doomed)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.helpers.shim_process import stop_process
 
 pytest.importorskip("cryptography")
 
@@ -143,13 +144,7 @@ def https_server(tmp_path: Path, pki: Pki) -> Iterator[HttpsServer]:
             time.sleep(0.1)
         yield HttpsServer(port, log, proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def test_https_with_the_ca_only(https_server: HttpsServer, pki: Pki) -> None:

@@ -27,6 +27,18 @@ import httpx
 OWNER_ENV = b"MODSERV_SHIM_OWNER="
 
 
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM a child process if it still runs; SIGKILL it after 15 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class ShimProcess:
     """``python -m modserv_shim.cli --port=.. --data-dir=.. [args]`` in a child process."""
 
@@ -81,13 +93,7 @@ class ShimProcess:
     def stop(self) -> None:
         """SIGTERM (SIGKILL after 15 s); the model servers keep running, as after any stop."""
         with self._lock:
-            if self.proc and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            stop_process(self.proc)
 
     def request(self, method: str, path: str, timeout: float = 60.0, **kw: Any) -> httpx.Response:
         return httpx.request(method, f"{self.url}{path}", timeout=timeout, **kw)
