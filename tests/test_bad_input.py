@@ -96,6 +96,8 @@ async def test_unknown_ids_and_routes(start_server) -> None:  # type: ignore[no-
                          ("POST", "/api/v1/modserv/nope-1/retry")]:
         r = await live.call(method, path, expect=404)
         assert r["code"] == 1002 and r["message"] == "no service with id 'nope-1'"
+    r = await live.call("GET", f"/api/v1/modserv/{'x' * 5000}", expect=404)  # answered without a store lookup
+    assert r["code"] == 1002 and "ids have at most 120 characters" in r["message"] and len(r["message"]) < 300
     r = await live.call("GET", "/api/v1/nothing-here", expect=404)
     assert r["code"] == 1002 and "no such endpoint" in r["message"]
     r = await live.call("POST", "/api/v1/modserv/nope-1/scale", json={"replicaCount": 2}, expect=404)

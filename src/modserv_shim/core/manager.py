@@ -62,6 +62,7 @@ log = structlog.get_logger("modserv_shim.manager")
 SYSTEM = "system"
 WATCH_SAFETY_POLLS = 10  # watched services are polled too, every 10th round
 PIPELINE_CANCEL_WAIT = 10.0  # a delete waits this long for a cancelled step to stop
+MAX_SERVICE_ID = 120  # modelName (63) + "-" + a UUID (36), with room; the store's column holds 120
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -189,6 +190,9 @@ class ServiceManager:
     # ----------------------------------------------------------------- queries
 
     async def get(self, service_id: str) -> ServiceRecord:
+        if len(service_id) > MAX_SERVICE_ID:  # no id is that long: do not carry it to the store
+            raise NotFound(f"no service with id {service_id[:MAX_SERVICE_ID]!r}... (ids have at most"
+                           f" {MAX_SERVICE_ID} characters)")
         rec = self._live.get(service_id) or await self.store.get_service(service_id)
         if rec is None:
             raise NotFound(f"no service with id {service_id!r}")
