@@ -16,9 +16,10 @@ Example ``modserv.yaml``::
           health-check: {timeout: 1800}
           model-validation: {retry: {attempts: 2}}
 
-Nested values can come from the environment with ``__`` between levels, e.g.
-``MODSERV_PIPELINES__OPENSOURCELLM__STEPS__HEALTH_CHECK__TIMEOUT`` is awkward, so
-prefer the file for those; flat ones such as ``MODSERV_PORT`` are the common case.
+Flat values come from the environment (``MODSERV_PORT``, ``MODSERV_DATA_DIR``); lists and
+maps as JSON (``MODSERV_ALLOWED_ENV='["HF_TOKEN", "ACME_*"]'``).  Nested values can use ``__``
+between levels, but step names hold ``-`` (``health-check``), which no variable name can: put
+step overrides in the file.
 """
 
 from __future__ import annotations

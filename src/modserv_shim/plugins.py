@@ -4,10 +4,14 @@ Two plugin kinds sit around the core:
 
 * a **shimlet** adapts one environment (local processes, Kubernetes, ...).  It
   must implement :class:`Shimlet` (``create`` / ``status`` / ``delete``) and may
-  add optional capabilities, each a small Protocol checked with ``isinstance``:
-  :class:`Scalable`, :class:`LogSource`, :class:`Watchable`, :class:`Lifecycle`.
+  add optional capabilities, each a small Protocol checked with ``isinstance``
+  (:data:`CAPABILITIES`): :class:`Scalable`, :class:`LogSource`, :class:`Watchable`,
+  :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`, and
+  :class:`Lifecycle` (start/close).
 * a **pipeline** is an ordered list of :class:`StepSpec` plus
-  ``run_step(step, ctx)``; see :class:`Pipeline`.
+  ``run_step(step, ctx)``; see :class:`Pipeline`.  A pipeline that starts a runtime
+  also implements :class:`RequestChecker` (what a request may put into it) and may
+  implement :class:`ScaleChecker`.
 
 Both are built by a *factory*: any callable taking a :class:`PluginContext` and
 returning the plugin (a class whose ``__init__`` takes the context works).
@@ -15,8 +19,8 @@ Factories are found in the built-in registry, in the entry-point groups
 ``modserv_shim.shimlets`` / ``modserv_shim.pipelines``, or loaded at run time
 through ``POST /api/v1/plugins/load``.
 
-This module imports nothing but the standard library and our own spec/errors,
-so a plugin author depends on a small, stable surface.
+This module imports nothing but the standard library and our own spec, allowlist
+and errors, so a plugin author depends on a small, stable surface.
 """
 
 from __future__ import annotations

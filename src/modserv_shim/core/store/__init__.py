@@ -70,10 +70,6 @@ _UPDATE_RUN = update(t.step_runs).where(t.step_runs.c.id == bindparam("_id"))
 _GET_SERVICE = select(t.services).where(t.services.c.id == bindparam("_id"))
 
 
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'modserv.db'}"
-
-
 def _service(row: Mapping[str, Any] | RowMapping) -> ServiceRecord:
     d = dict(row)
     d["state"] = State(d["state"])
