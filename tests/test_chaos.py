@@ -369,6 +369,14 @@ def live_ids(listed: dict[str, dict[str, Any]]) -> set[str]:
     return {sid for sid, s in listed.items() if s["state"] in LIVE_STATES}
 
 
+def finish(figures: Figures, server: ShimProcess, t0: float) -> None:
+    """End of a run, passed or not: the timings, the report, the server stopped."""
+    figures.seconds_total = time.monotonic() - t0
+    figures.seconds_server_start = sum(server.start_seconds) / max(1, len(server.start_seconds))
+    report(figures)
+    server.stop()
+
+
 def report(figures: Figures) -> None:
     print(f"\nCHAOS {figures.line()}", flush=True)
     for reason in figures.failed_reasons:
@@ -479,10 +487,7 @@ def test_crash_chaos_local(tmp_path: Path, chaos_dir: Path) -> None:
         chaos.delete_everything()
         assert not owned_processes(str(chaos_dir)), "model servers left after every service was deleted"
     finally:
-        figures.seconds_total = time.monotonic() - t0
-        figures.seconds_server_start = sum(server.start_seconds) / max(1, len(server.start_seconds))
-        report(figures)
-        server.stop()
+        finish(figures, server, t0)
     assert chaos.running_kills() >= chaos.target_kills
 
 
@@ -600,8 +605,5 @@ def test_crash_chaos_k8s(tmp_path: Path, chaos_dir: Path) -> None:
                 sim.wait_until(lambda: not k8s_orphans(sim, set()), timeout=10)
             assert not k8s_orphans(sim, set()), k8s_orphans(sim, set())
         finally:
-            figures.seconds_total = time.monotonic() - t0
-            figures.seconds_server_start = sum(server.start_seconds) / max(1, len(server.start_seconds))
-            report(figures)
-            server.stop()
+            finish(figures, server, t0)
     assert chaos.running_kills() >= chaos.target_kills

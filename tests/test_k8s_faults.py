@@ -25,6 +25,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +74,11 @@ def test_reset_fault_rejects_unknown_modes() -> None:
 # -- a validation Job whose apply took effect although the shim saw it fail ------------------------------------
 
 
-async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(tmp_path: Path) -> None:
-    """Regression: every apply of the Job is carried out and its answer lost (reset after), so ``apply``
-    fails after its retries; the Job it did create must still be deleted, not left to run."""
-    from modserv_shim.errors import ShimError
+@asynccontextmanager
+async def _validating_shimlet(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Sim, Any]]:
+    """A started k8s shimlet that validates models with a Job on a PVC holding the tiny GGUF."""
     from modserv_shim.plugins import PluginContext
     from modserv_shim.shimlets.k8s import K8sShimlet
-    from modserv_shim.spec import DeploySpec
 
     volume = tmp_path / "pvc"
     volume.mkdir()
@@ -87,45 +87,41 @@ async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(
         sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
         options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
                    "api_backoff": 0.01, "api_retries": 2,
-                   "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}}
+                   "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}, **options}
         shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
         await shimlet.start()
         try:
-            lost = ApiFault(reset="after", count=None, method="PATCH", path_contains="/jobs/")
-            with sim.inject(lost), pytest.raises(ShimError, match="applying Job"):
-                await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
-            assert sim.api_faults_fired() == {"reset-after": 2}
-            assert not sim.list("Job", "default"), "the Job the failed apply created is left behind"
+            yield sim, shimlet
         finally:
             await shimlet.close()
+
+
+async def test_a_validation_job_applied_although_its_answer_was_lost_is_deleted(tmp_path: Path) -> None:
+    """Regression: every apply of the Job is carried out and its answer lost (reset after), so ``apply``
+    fails after its retries; the Job it did create must still be deleted, not left to run."""
+    from modserv_shim.errors import ShimError
+    from modserv_shim.spec import DeploySpec
+
+    async with _validating_shimlet(tmp_path) as (sim, shimlet):
+        lost = ApiFault(reset="after", count=None, method="PATCH", path_contains="/jobs/")
+        with sim.inject(lost), pytest.raises(ShimError, match="applying Job"):
+            await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
+        assert sim.api_faults_fired() == {"reset-after": 2}
+        assert not sim.list("Job", "default"), "the Job the failed apply created is left behind"
 
 
 async def test_a_validation_job_whose_delete_fails_is_deleted_later(tmp_path: Path) -> None:
     """Regression (found at 30 % faults): when deleting the validation Job used up its retries, the Job and its
     pod stayed for good (the TTL controller removes finished Jobs only 10 minutes later, unfinished ones
     never); the verdict stands, and the Job is deleted in the background as soon as the API lets us."""
-    from modserv_shim.plugins import PluginContext
-    from modserv_shim.shimlets.k8s import K8sShimlet
     from modserv_shim.spec import DeploySpec
 
-    volume = tmp_path / "pvc"
-    volume.mkdir()
-    write_tiny_llama_gguf(volume / "tiny.gguf")
-    with run_sim() as sim:
-        sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
-        options = {"kubeconfig": str(sim.write_kubeconfig(tmp_path / "kubeconfig")), "trust_env": False,
-                   "api_backoff": 0.01, "api_backoff_max": 0.1, "api_retries": 2,
-                   "model_volume": {"type": "pvc", "claim_name": "models", "mount_path": "/models"}}
-        shimlet = K8sShimlet(PluginContext("k8s", tmp_path / "data", options))
-        await shimlet.start()
-        try:
-            sim.inject(ApiFault(status=500, count=5, method="DELETE", path_contains="/jobs/"))
-            facts = await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
-            assert facts["format"] == "gguf"  # the verdict stands
-            await eventually(lambda: _no_jobs(sim), timeout=5)
-            assert sim.api_faults_fired() == {"500": 5}
-        finally:
-            await shimlet.close()
+    async with _validating_shimlet(tmp_path, api_backoff_max=0.1) as (sim, shimlet):
+        sim.inject(ApiFault(status=500, count=5, method="DELETE", path_contains="/jobs/"))
+        facts = await shimlet.inspect_model(DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf"))
+        assert facts["format"] == "gguf"  # the verdict stands
+        await eventually(lambda: _no_jobs(sim), timeout=5)
+        assert sim.api_faults_fired() == {"500": 5}
 
 
 async def _no_jobs(sim: Sim) -> bool:

@@ -37,20 +37,27 @@ class ConfigFileError(ValueError):
     """A YAML configuration file (``--config``, ``--tokens-file``) that cannot be used; the message names it."""
 
 
+def read_config_file(path: Path, what: str) -> bytes:
+    """The bytes of a file the configuration names (``what``: "config file", "TLS certificate file"),
+    or a one-line :class:`ConfigFileError` saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigFileError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{what} {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file (an empty file is an empty mapping), or a one-line
     :class:`ConfigFileError` naming the file, and the line and column of a YAML syntax error.
     Messages never quote the file's content (a tokens file holds secrets)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigFileError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigFileError(f"{what} {path} is a directory, not a file") from None
+        text = read_config_file(path, what).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise ConfigFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.builtins import BUILTINS
-from modserv_shim.config import Settings
+from modserv_shim.config import ConfigFileError, Settings, read_config_file
 from modserv_shim.core.executor import StepOverride
 from modserv_shim.core.manager import ManagerConfig, ServiceManager
 from modserv_shim.core.registry import Registry, RegistryConfig
@@ -125,13 +125,9 @@ def check_tls(certfile: Path, keyfile: Path) -> None:
     a file that is not PEM or a key that does not match the certificate is a clear error at start."""
     for what, path in (("certificate", certfile), ("private key", keyfile)):
         try:
-            path.read_bytes()
-        except FileNotFoundError:
-            raise TLSConfigError(f"TLS {what} file not found: {path}") from None
-        except IsADirectoryError:
-            raise TLSConfigError(f"TLS {what} file {path} is a directory, not a file") from None
-        except OSError as exc:
-            raise TLSConfigError(f"cannot read TLS {what} file {path}: {exc.strerror or exc}") from None
+            read_config_file(path, f"TLS {what} file")
+        except ConfigFileError as exc:
+            raise TLSConfigError(str(exc)) from None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_verify_locations(cafile=str(certfile))
