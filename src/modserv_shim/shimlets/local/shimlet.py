@@ -40,13 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import logging
-import os
-import shutil
 import signal
-import sys
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,24 +49,17 @@ from typing import Any
 
 import httpx
 
-from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
-from modserv_shim.plugins import (
-    DeployContext,
-    LaunchSpec,
-    PluginContext,
-    ResourcePhase,
-    ResourceStatus,
-)
+from modserv_shim.errors import NotFound, PermanentStepError, StateConflict, ValidationFailed
+from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
+from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
 from modserv_shim.shimlets.local import logfiles, ports, procfs
 from modserv_shim.shimlets.local.options import LocalOptions
+from modserv_shim.shimlets.local.render import check_command, render
 from modserv_shim.shimlets.local.replica import Replica, ReplicaEnv, ReplicaPhase
 from modserv_shim.shimlets.local.state import ReplicaRecord, ResourceRecord, StateStore, valid_resource_id
 from modserv_shim.shimlets.local.status import summarize
 
 log = logging.getLogger(__name__)
-
-Event = tuple[str, ResourceStatus]
-_StatusKey = tuple[ResourcePhase, int, int, str | None, str | None]
 
 
 @dataclass
@@ -81,7 +69,6 @@ class _Resource:
     record: ResourceRecord
     env: ReplicaEnv
     replicas: dict[int, Replica] = field(default_factory=dict)
-    last_key: _StatusKey | None = None
 
     def add(self, record: ReplicaRecord) -> Replica:
         replica = self.replicas[record.index] = Replica(record, self.env)
@@ -91,37 +78,31 @@ class _Resource:
         return [self.replicas[i] for i in sorted(self.replicas)]
 
 
-class LocalShimlet:
+class LocalShimlet(ShimletBase):
     """Runs each replica of a service as a process on this machine.  See the module docstring."""
 
     name = "local"
     launch_target = "local"  # runtimes render local command lines for us, not container images
 
     def __init__(self, ctx: PluginContext) -> None:
-        self.options = LocalOptions.from_mapping(ctx.options)
+        super().__init__()
+        self.options = LocalOptions.parse(ctx.options)
         self.root = Path(ctx.data_dir) / "local"
         self._store = StateStore(self.root)
         self._resources: dict[str, _Resource] = {}
         self._lock = asyncio.Lock()  # create / delete / scale, one at a time
-        self._start_lock = asyncio.Lock()
-        self._subscribers: weakref.WeakSet[asyncio.Queue[Event | None]] = weakref.WeakSet()
+        self._hub = WatchHub()
         # trust_env=False: a proxy from the environment must never sit between us and 127.0.0.1.
         self._http = httpx.AsyncClient(trust_env=False)
-        self._started = False
-        self._closed = False
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Re-adopt the resources of earlier runs (idempotent)."""
-        async with self._start_lock:
-            self._check_open()
-            if self._started:
-                return
-            self._started = True
-            for record in self._store.load_all():
+    async def _open(self) -> None:
+        """Re-adopt the resources of earlier runs (``start``; a start tried again adopts nothing twice)."""
+        for record in self._store.load_all():
+            if record.resource_id not in self._resources:
                 self._adopt(record)
-            self._stop_unrecorded()
+        self._stop_unrecorded()
 
     def _stop_unrecorded(self) -> None:
         """Stop model servers an earlier run started but crashed before recording (see procfs)."""
@@ -132,15 +113,13 @@ class LocalShimlet:
                             " before recording it", pid)
                 procfs.signal_group(pid, signal.SIGKILL)
 
-    async def close(self) -> None:
-        """Stop monitoring; leave every model server running for the next ``start``."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.gather(*(r.detach() for res in self._resources.values() for r in res.replicas.values()))
-        await self._http.aclose()
-        for queue in list(self._subscribers):
-            queue.put_nowait(None)
+    async def _shut(self) -> None:
+        """Stop monitoring (``close``); leave every model server running for the next ``start``."""
+        try:
+            await asyncio.gather(*(r.detach() for res in self._resources.values() for r in res.replicas.values()))
+            await self._http.aclose()
+        finally:
+            self._hub.close()
 
     # ------------------------------------------------------------- Shimlet
 
@@ -155,7 +134,7 @@ class LocalShimlet:
             existing = self._resources.get(resource_id)
             if existing is not None and not existing.record.failed_reason:
                 return resource_id
-            _check_command(ctx.launch)
+            check_command(ctx.launch)
             if existing is not None:
                 await self._remove(existing)
             record = ResourceRecord(
@@ -184,7 +163,7 @@ class LocalShimlet:
             resource = self._resources.get(resource_id)
             if resource is not None:
                 await self._remove(resource)
-                self._publish(resource_id, ResourceStatus(ResourcePhase.NOT_FOUND, reason="deleted"))
+                self._hub.gone(resource_id)
             elif valid_resource_id(resource_id):
                 self._store.remove(resource_id)  # leftovers of an unreadable state file
 
@@ -220,47 +199,17 @@ class LocalShimlet:
         return lines
 
     def watch(self) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        if self._closed:
-            queue.put_nowait(None)
-        else:
-            self._subscribers.add(queue)
-        return self._stream(queue)
+        return self._hub.watch()
 
     def render(self, ctx: DeployContext) -> dict[str, Any]:
-        """What ``create`` would start (for ``dryRun``); ports are allocated at start, so ``{port}`` stays."""
-        launch, host = ctx.launch, self.options.host
-        return {
-            "kind": "local-processes",
-            "resourceId": ctx.service_id,
-            "replicas": ctx.replicas,
-            "command": [*launch.local_command, *(a.replace("{host}", host) for a in launch.args)],
-            "env": dict(launch.env),
-            "readyPath": launch.ready_path,
-            "logs": str(self._store.resource_dir(ctx.service_id) / "replica-<i>.log"),
-        }
+        """What ``create`` would start (for ``dryRun``): see :mod:`.render`."""
+        return render(ctx, self.options.host, self._store.resource_dir(ctx.service_id))
 
     def resource_ids(self) -> list[str]:
         """Ids of every resource this shimlet manages (after ``start``)."""
         return sorted(self._resources)
 
     # ------------------------------------------------------------ helpers
-
-    async def _stream(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.discard(queue)
-
-    async def _ensure_started(self) -> None:
-        if not self._started:
-            await self.start()
-        self._check_open()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailable("the local shimlet is closed")
 
     def _get(self, resource_id: str) -> _Resource:
         resource = self._resources.get(resource_id)
@@ -311,6 +260,7 @@ class LocalShimlet:
         """Stop every replica and forget the resource.  Forgotten first: late callbacks find nothing."""
         rid = resource.record.resource_id
         del self._resources[rid]
+        self._hub.forget(rid)  # a resource created again under this id is news whatever its status
         results = await asyncio.gather(*(replica.stop() for replica in resource.ordered()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:  # something survived: keep tracking it so that delete can be retried
@@ -345,42 +295,5 @@ class LocalShimlet:
             self._store.save(record)
         except OSError as exc:  # keep serving; the next change tries again
             log.error("local shimlet: cannot save the state of %s: %s", resource_id, exc)
-        key: _StatusKey = (status.phase, status.ready_replicas, status.desired_replicas, status.endpoint, status.reason)
-        if key != resource.last_key:
-            resource.last_key = key
-            self._publish(resource_id, status)
+        self._hub.publish(resource_id, status)  # only when it changed
 
-    def _publish(self, resource_id: str, status: ResourceStatus) -> None:
-        for queue in list(self._subscribers):
-            queue.put_nowait((resource_id, status))
-
-
-def _check_command(launch: LaunchSpec) -> None:
-    """Fail fast, in words, when the server program cannot start on this machine."""
-    command = launch.local_command
-    if not command:
-        raise PermanentStepError(f"the {launch.runtime} launch spec has no local command")
-    program = command[0]
-    found = os.access(program, os.X_OK) if os.sep in program else shutil.which(program) is not None
-    if not found:
-        raise PermanentStepError(
-            f"cannot start the {launch.runtime} server: {program!r} is not an executable on this machine"
-        )
-    if len(command) >= 3 and command[1] == "-m" and _same_file(program, sys.executable):
-        module = command[2].split(".")[0]
-        if not _module_installed(module):
-            raise PermanentStepError(
-                f"cannot start the {launch.runtime} server: the Python module {module!r} is not installed"
-                f" in {sys.executable}; install it there (for llama.cpp: pip install"
-                " 'llama-cpp-python[server]'), or put the server's own binary on PATH"
-            )
-
-
-@functools.cache
-def _module_installed(module: str) -> bool:
-    """Cached: the search walks ``sys.path``; a module installed later needs a restart anyway."""
-    return importlib.util.find_spec(module) is not None
-
-
-def _same_file(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
