@@ -12,9 +12,11 @@
 
 Every step is idempotent: after a crash of the server the step in flight runs again.
 
-Extending it: subclass and add steps (see examples/plugins/quant_pipeline.py).  A
-step that produces another model file sets the output ``model_file`` (and
-``model``, the new file's facts); rendering and deployment then use it.
+Extending it: declare a step placed ``before=`` / ``after=`` one of these
+(:mod:`modserv_shim.kit.pipeline`; examples/plugins/quant_pipeline.py).  A step that
+produces another model file sets the output ``MODEL_FILE`` (and ``MODEL``, the new
+file's facts); rendering and deployment then use it.  The outputs are declared in
+:mod:`.outputs`.
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import httpx
+from pydantic import Field
 
 from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
+from modserv_shim.kit.options import PluginOptions
+from modserv_shim.kit.pipeline import DeclaredPipeline, step
 from modserv_shim.modelinfo import FitResult, ModelFacts, check_fit, default_context_length, inspect_model
 from modserv_shim.modelinfo.facts import GIB, format_count, gib
 from modserv_shim.pipelines.opensourcellm import probe
+from modserv_shim.pipelines.opensourcellm.outputs import ENDPOINT, FIT, LAUNCH, MODEL, MODEL_FILE, WORKLOAD
 from modserv_shim.plugins import (
     DeployContext,
     LaunchSpec,
@@ -41,7 +48,6 @@ from modserv_shim.plugins import (
     RetryPolicy,
     Shimlet,
     StepContext,
-    StepSpec,
     Watchable,
     WorkloadRenderer,
     launch_target,
@@ -54,7 +60,7 @@ CONFIG_RENDERING = "config-rendering"
 RESOURCE_DEPLOYMENT = "resource-deployment"
 HEALTH_CHECK = "health-check"
 
-MODEL_FILE_OUTPUT = "model_file"  # a step may replace the model (e.g. a quantized copy) by setting this output
+MODEL_FILE_OUTPUT = MODEL_FILE.key  # kept for older plugins: the output a step sets to replace the model file
 
 HEALTH_BASE_SECONDS = 120.0
 HEALTH_SECONDS_PER_GIB = 60.0
@@ -73,21 +79,38 @@ def health_timeout(weights_bytes: int) -> float:
     return min(HEALTH_BASE_SECONDS + HEALTH_SECONDS_PER_GIB * weights_bytes / GIB, HEALTH_MAX_SECONDS)
 
 
-class OpenSourceLLMPipeline:
-    """The default deploy flow.  Options (config ``pipelines.opensourcellm.options``):
+class OpenSourceLLMOptions(PluginOptions):
+    """Options of the default pipeline (config ``pipelines.opensourcellm.options``)."""
 
-    ``images``: runtime name -> container image; ``gpu_memory_utilization`` (0.9);
-    ``probe_prompt`` ("Hello").
-    """
+    label: ClassVar[str] = "opensourcellm pipeline"
+
+    images: dict[str, str] = Field(default_factory=dict, description="runtime name -> container image")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory a runtime may use")
+    probe_prompt: str = Field("Hello", description="prompt of the health check's one-token completion")
+
+
+class OpenSourceLLMPipeline(DeclaredPipeline):
+    """The default deploy flow; options: :class:`OpenSourceLLMOptions`."""
 
     name = "opensourcellm"
+    Options = OpenSourceLLMOptions
+    options: OpenSourceLLMOptions
 
     def __init__(self, ctx: PluginContext) -> None:
-        self.images: Mapping[str, str] = dict(ctx.options.get("images", {}))
-        self.gpu_memory_utilization = float(ctx.options.get("gpu_memory_utilization", 0.9))
-        self.probe_prompt = str(ctx.options.get("probe_prompt", "Hello"))
-        self.policy = ctx.policy
+        super().__init__(ctx)
         self._http: httpx.AsyncClient | None = None
+
+    @property
+    def images(self) -> Mapping[str, str]:
+        return self.options.images
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        return self.options.gpu_memory_utilization
+
+    @property
+    def probe_prompt(self) -> str:
+        return self.options.probe_prompt
 
     # ------------------------------------------------- what a request may ask (RequestChecker, ScaleChecker)
 
@@ -113,13 +136,12 @@ class OpenSourceLLMPipeline:
     def check_scale(self, spec: DeploySpec, outputs: Mapping[str, object], replicas: int, shimlet: Shimlet) -> None:
         """Scaling up runs the fit check a deploy runs, for the replicas added (those running hold their memory)."""
         added = replicas - spec.replicaCount
-        model = outputs.get("model")
         rr = spec.resourceRequirements
-        if added <= 0 or not isinstance(model, Mapping):
+        if added <= 0 or not isinstance(outputs.get(MODEL.key), Mapping):
             return
         if launch_target(shimlet) == "container" and rr.acceleratorType is None and rr.memory is None:
             return  # as at deploy: nothing to check against
-        fit = check_fit(ModelFacts.from_dict(model), rr, context_length=spec.contextLength, replicas=added,
+        fit = check_fit(MODEL.read(outputs), rr, context_length=spec.contextLength, replicas=added,
                         gpu_memory_utilization=self.gpu_memory_utilization)
         if not fit.fits:
             more = "1 more replica" if added == 1 else f"{added} more replicas"
@@ -140,32 +162,10 @@ class OpenSourceLLMPipeline:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
         return self._http
 
-    def steps(self) -> Sequence[StepSpec]:
-        return [
-            StepSpec(MODEL_VALIDATION, Phase.PIPELINE, timeout=300,
-                     retry=RetryPolicy(attempts=2, backoff=2), description="model is complete and fits"),
-            StepSpec(CONFIG_RENDERING, Phase.PIPELINE, timeout=60,
-                     description="runtime command line and workload"),
-            StepSpec(RESOURCE_DEPLOYMENT, Phase.DEPLOYING, timeout=300,
-                     retry=RetryPolicy(attempts=3, backoff=2, max_delay=30), description="shimlet.create"),
-            StepSpec(HEALTH_CHECK, Phase.HEALTH_CHECKING, timeout=HEALTH_MAX_SECONDS,
-                     description="ready replicas, /v1/models, a one-token completion"),
-        ]
-
-    async def run_step(self, step: StepSpec, ctx: StepContext) -> None:
-        handlers = {
-            MODEL_VALIDATION: self.validate,
-            CONFIG_RENDERING: self.render,
-            RESOURCE_DEPLOYMENT: self.deploy,
-            HEALTH_CHECK: self.health_check,
-        }
-        handler = handlers.get(step.name)
-        if handler is None:
-            raise PermanentStepError(f"the opensourcellm pipeline has no step {step.name!r}")
-        await handler(ctx)
-
     # ------------------------------------------------------------ 1. validate
 
+    @step(MODEL_VALIDATION, phase=Phase.PIPELINE, timeout=300, retry=RetryPolicy(attempts=2, backoff=2),
+          description="model is complete and fits", writes=(MODEL, FIT))
     async def validate(self, ctx: StepContext) -> None:
         spec = ctx.spec
         ctx.set_params(modelFile=spec.modelFile, resourceRequirements=spec.resourceRequirements.model_dump())
@@ -184,14 +184,14 @@ class OpenSourceLLMPipeline:
             f" {format_count(facts.parameter_count)} parameters, {facts.dtype}, {gib(facts.weights_bytes)} of weights,"
             f" trained context {facts.context_length} tokens",
         )
-        ctx.set_output("model", facts.to_dict())
+        MODEL.set(ctx, facts)
         if skip_fit:
             ctx.log("no memory request and no accelerator: the fit check needs one of them; skipped",
                     level="warning")
             return
         if fit is None:
             fit = await asyncio.to_thread(fit_check, facts)
-        ctx.set_output("fit", fit.to_dict())
+        FIT.set(ctx, fit.to_dict())
         for w in fit.warnings:
             ctx.log(w, level="warning")
         ctx.log(fit.message, level="info" if fit.fits else "error")
@@ -199,9 +199,11 @@ class OpenSourceLLMPipeline:
 
     # -------------------------------------------------------------- 2. render
 
+    @step(CONFIG_RENDERING, phase=Phase.PIPELINE, timeout=60, description="runtime command line and workload",
+          reads=(MODEL,), writes=(LAUNCH, WORKLOAD))
     async def render(self, ctx: StepContext) -> None:
         spec = ctx.spec
-        facts = ModelFacts.from_dict(ctx.outputs["model"])
+        facts = MODEL.get(ctx)
         rr = spec.resourceRequirements
         target = launch_target(ctx.shimlet)
         runtime = select_runtime(
@@ -214,7 +216,7 @@ class OpenSourceLLMPipeline:
         timeout = spec.healthCheckTimeout or health_timeout(facts.weights_bytes)
         params = LaunchParams(
             served_model_name=spec.modelName,
-            model_path=str(ctx.outputs.get(MODEL_FILE_OUTPUT, spec.modelFile)),
+            model_path=MODEL_FILE.get(ctx, spec.modelFile),
             accelerator_count=rr.acceleratorCount,
             context_length=default_context_length(facts, spec.contextLength),
             gpu_memory_utilization=self.gpu_memory_utilization if rr.acceleratorType else None,
@@ -225,12 +227,12 @@ class OpenSourceLLMPipeline:
         )
         launch = runtime.render(params, target="local" if target == "local" else "container")
         ctx.set_params(runtime=runtime.name, target=target, context_length=params.context_length)
-        ctx.set_output("launch", launch.to_dict())
+        LAUNCH.set(ctx, launch)
         ctx.log(f"runtime {runtime.name} ({target}): {' '.join([*launch.local_command, *launch.args])}"
                 if target == "local" else f"runtime {runtime.name}: image {launch.image}, args {' '.join(launch.args)}")
         if isinstance(ctx.shimlet, WorkloadRenderer):
             workload = ctx.shimlet.render(self._deploy_context(ctx, launch))
-            ctx.set_output("workload", dict(workload))
+            WORKLOAD.set(ctx, dict(workload))
             ctx.log("workload rendered", shimlet=ctx.shimlet.name)
 
     @staticmethod
@@ -245,8 +247,10 @@ class OpenSourceLLMPipeline:
 
     # -------------------------------------------------------------- 3. deploy
 
+    @step(RESOURCE_DEPLOYMENT, phase=Phase.DEPLOYING, timeout=300,
+          retry=RetryPolicy(attempts=3, backoff=2, max_delay=30), description="shimlet.create", reads=(LAUNCH,))
     async def deploy(self, ctx: StepContext) -> None:
-        launch = LaunchSpec.from_dict(ctx.outputs["launch"])
+        launch = LAUNCH.get(ctx)
         rid = await ctx.shimlet.create(self._deploy_context(ctx, launch))
         ctx.log(f"workload created on {ctx.shimlet.name}: {rid}")  # stamped when create returned
         await ctx.set_resource(rid)
@@ -254,8 +258,10 @@ class OpenSourceLLMPipeline:
 
     # -------------------------------------------------------- 4. health-check
 
+    @step(HEALTH_CHECK, phase=Phase.HEALTH_CHECKING, timeout=HEALTH_MAX_SECONDS,
+          description="ready replicas, /v1/models, a one-token completion", reads=(LAUNCH,), writes=(ENDPOINT,))
     async def health_check(self, ctx: StepContext) -> None:
-        launch = LaunchSpec.from_dict(ctx.outputs["launch"])
+        launch = LAUNCH.get(ctx)
         if ctx.spec.healthCheckTimeout:
             ctx.set_timeout(ctx.spec.healthCheckTimeout, force=True)
         else:
@@ -280,7 +286,7 @@ class OpenSourceLLMPipeline:
         if status != 200 or text is None:
             raise StepError(f"a one-token completion answered {status}: {str(body)[:300]}")
         ctx.log(f"a one-token completion answered in {1000 * (time.monotonic() - t0):.0f} ms", text=text)
-        ctx.set_output("endpoint", endpoint)
+        ENDPOINT.set(ctx, endpoint)
 
     async def _wait_ready(self, ctx: StepContext, rid: str) -> str | None:
         """Until the shimlet says ready; woken by its watch stream when it has one, else polling."""
