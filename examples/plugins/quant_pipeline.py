@@ -14,9 +14,10 @@ import ctypes
 from pathlib import Path
 
 from modserv_shim.errors import PermanentStepError
+from modserv_shim.kit.pipeline import step
 from modserv_shim.modelinfo import inspect_model
-from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
-from modserv_shim.plugins import Phase, StepContext, StepSpec
+from modserv_shim.pipelines.opensourcellm import MODEL, MODEL_FILE, OpenSourceLLMPipeline
+from modserv_shim.plugins import StepContext
 
 TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 
@@ -31,16 +32,12 @@ def quantize(src: str, dst: str, kind: str) -> None:
 
 
 class QuantLLMPipeline(OpenSourceLLMPipeline):
+    """The default pipeline's steps, and one more after model-validation."""
+
     name = "quantllm"
 
-    def steps(self) -> list[StepSpec]:
-        validation, *rest = super().steps()
-        quantization = StepSpec("model-quantization", Phase.PIPELINE, timeout=3600)
-        return [validation, quantization, *rest]
-
-    async def run_step(self, step: StepSpec, ctx: StepContext) -> None:
-        if step.name != "model-quantization":
-            return await super().run_step(step, ctx)
+    @step("model-quantization", after="model-validation", timeout=3600, writes=(MODEL_FILE, MODEL))
+    async def quantize_model(self, ctx: StepContext) -> None:
         kind = ctx.spec.env.get("QUANTIZE", "Q8_0")  # per deploy: "env": {"QUANTIZE": "Q4_0"}
         if kind not in TYPES:
             raise PermanentStepError(f"QUANTIZE must be one of {', '.join(TYPES)}, got {kind!r}")
@@ -53,6 +50,5 @@ class QuantLLMPipeline(OpenSourceLLMPipeline):
         await asyncio.to_thread(quantize, src, dst, kind)  # idempotent: same input, same output
         facts = await asyncio.to_thread(inspect_model, dst)
         ctx.log(f"quantized: {facts.weights_bytes / 2**20:.1f} MiB of {facts.dtype} weights")
-        ctx.set_output("model_file", dst)
-        ctx.set_output("model", facts.to_dict())
-        return None
+        MODEL_FILE.set(ctx, dst)  # config-rendering and resource-deployment serve this file
+        MODEL.set(ctx, facts)
