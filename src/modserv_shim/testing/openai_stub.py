@@ -1,0 +1,146 @@
+"""TEST DOUBLE: a tiny OpenAI-compatible HTTP server that serves no model.
+
+It stands in for an inference server in a plugin's tests: it answers in
+milliseconds where a real model server needs seconds.  Standard library only.
+
+* in the test process, on a thread::
+
+      with OpenAIStub(model_name="tiny") as stub:
+          stub.url              # "http://127.0.0.1:<free port>"
+
+* as a process (what :func:`~modserv_shim.testing.contexts.stub_launch` starts)::
+
+      python -m modserv_shim.testing.openai_stub --host 127.0.0.1 --port 8123 --model-name tiny
+
+Endpoints: ``GET /health``, ``GET /v1/models`` (lists ``model_name``) and
+``POST /v1/chat/completions`` (echoes the last user message).  Until
+``ready_delay`` seconds have passed, ``/health`` and ``/v1/models`` answer 503,
+as a server that is still loading its model does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+def _handler(model_name: str, ready_at: float, quiet: bool) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            if not quiet:  # one line per request on stdout: what a shimlet's logs() shows
+                print(f"openai-stub: {self.command} {self.path}", flush=True)
+
+        def _json(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _ready(self) -> bool:
+            if time.monotonic() >= ready_at:
+                return True
+            self._json(503, {"error": {"message": "loading model"}})
+            return False
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                if self._ready():
+                    self._json(200, {"status": "ok"})
+            elif self.path == "/v1/models":
+                if self._ready():
+                    card = {"id": model_name, "object": "model", "owned_by": "openai-stub"}
+                    self._json(200, {"object": "list", "data": [card]})
+            else:
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_POST(self) -> None:
+            if self.path != "/v1/chat/completions":
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                last = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+            except (ValueError, TypeError, KeyError, AttributeError):
+                self._json(400, {"error": {"message": "the body must be a JSON chat completion request"}})
+                return
+            self._json(200, {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": str(last)}}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            })
+
+    return Handler
+
+
+class OpenAIStub:
+    """The stub on a background thread of this process; a context manager.
+
+    ``port=0`` picks a free port; ``url`` is known once it is entered (or ``start()``-ed).
+    """
+
+    def __init__(self, model_name: str = "tiny", *, host: str = "127.0.0.1", port: int = 0,
+                 ready_delay: float = 0.0, quiet: bool = True) -> None:
+        self.model_name = model_name
+        ready_at = time.monotonic() + ready_delay
+        self._server = ThreadingHTTPServer((host, port), _handler(model_name, ready_at, quiet))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> OpenAIStub:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> OpenAIStub:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m modserv_shim.testing.openai_stub",
+                                     description="A tiny OpenAI-compatible server that serves no model (tests only).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model-name", default="tiny")
+    parser.add_argument("--ready-delay", type=float, default=0.0, help="seconds of 503 before ready")
+    args = parser.parse_args(argv)
+    stub = OpenAIStub(args.model_name, host=args.host, port=args.port, ready_delay=args.ready_delay, quiet=False)
+    print(f"openai-stub: serving {args.model_name!r} on {stub.url}", flush=True)
+    try:
+        stub._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stub._server.server_close()
+
+
+if __name__ == "__main__":
+    main()
