@@ -22,7 +22,7 @@ from kubernetes_validate.utils import latest_version
 
 from modserv_shim.errors import PermanentStepError, ValidationFailed
 from modserv_shim.plugins import PluginContext, ResourcePhase
-from modserv_shim.shimlets.k8s import K8sOptions, K8sShimlet, manifests, naming, podspec, reasons
+from modserv_shim.shimlets.k8s import K8sOptions, K8sShimlet, naming, podspec, reasons, render
 from modserv_shim.shimlets.k8s.status import Track, summarize
 from modserv_shim.spec import DeploySpec, ResourceRequirements, redact
 from tests.test_k8s_shimlet import context, llama3_context
@@ -47,8 +47,8 @@ def rendered_objects() -> list[dict[str, Any]]:
                 modelFile="/data/models/tiny.gguf"))["objects"]
     spec = DeploySpec(modelName="llama-3-8b", modelFile="/models/llama-3-8b",
                       resourceRequirements=ResourceRequirements(acceleratorType="NVIDIA H20", acceleratorCount=1))
-    objects.append(manifests.validation_job(spec, naming.validation_job_name("llama-3-8b"), "models",
-                                            K8sOptions.from_mapping(pvc)))
+    objects.append(render.validation_job(spec, naming.validation_job_name("llama-3-8b"), "models",
+                                            K8sOptions.parse(pvc)))
     return objects
 
 
@@ -118,35 +118,35 @@ def test_readable_ids_are_kept_and_others_hashed() -> None:
 
 def test_unknown_and_mistyped_options_are_refused() -> None:
     with pytest.raises(ValidationFailed, match="unknown k8s shimlet option"):
-        K8sOptions.from_mapping({"namspace": "x"})
+        K8sOptions.parse({"namspace": "x"})
     with pytest.raises(ValidationFailed, match="api_retries must be an integer"):
-        K8sOptions.from_mapping({"api_retries": "3"})
+        K8sOptions.parse({"api_retries": "3"})
     with pytest.raises(ValidationFailed, match="trust_env must be true or false"):
-        K8sOptions.from_mapping({"trust_env": 1})
+        K8sOptions.parse({"trust_env": 1})
     with pytest.raises(ValidationFailed, match="images must be a mapping"):
-        K8sOptions.from_mapping({"images": {"vllm": 3}})
+        K8sOptions.parse({"images": {"vllm": 3}})
     with pytest.raises(ValidationFailed, match="endpoint_access"):
-        K8sOptions.from_mapping({"endpoint_access": "ingress"})
+        K8sOptions.parse({"endpoint_access": "ingress"})
     with pytest.raises(ValidationFailed, match="namespace"):
-        K8sOptions.from_mapping({"namespace": "Models"})
+        K8sOptions.parse({"namespace": "Models"})
     with pytest.raises(ValidationFailed, match="exclude each other"):
-        K8sOptions.from_mapping({"in_cluster": True, "kubeconfig": "/x"})
+        K8sOptions.parse({"in_cluster": True, "kubeconfig": "/x"})
     with pytest.raises(ValidationFailed, match="must be > 0"):
-        K8sOptions.from_mapping({"sync_timeout": 0})
-    with pytest.raises(ValidationFailed, match="unknown k8s shimlet model_volume key"):
-        K8sOptions.from_mapping({"model_volume": {"type": "pvc", "claim": "x"}})
+        K8sOptions.parse({"sync_timeout": 0})
+    with pytest.raises(ValidationFailed, match=r"model_volume\.claim is not a known key"):
+        K8sOptions.parse({"model_volume": {"type": "pvc", "claim": "x"}})
     with pytest.raises(ValidationFailed, match="claim_name"):
-        K8sOptions.from_mapping({"model_volume": {"type": "pvc"}})
+        K8sOptions.parse({"model_volume": {"type": "pvc"}})
     with pytest.raises(ValidationFailed, match=r"model_volume\.type"):
-        K8sOptions.from_mapping({"model_volume": {"type": "nfs"}})
+        K8sOptions.parse({"model_volume": {"type": "nfs"}})
     with pytest.raises(ValidationFailed):
         K8sShimlet(PluginContext("k8s", Path("/x"), {"bogus": 1}))
-    opts = K8sOptions.from_mapping({"api_timeout": 3, "images": {"vllm": "registry.local/vllm:1"}})
+    opts = K8sOptions.parse({"api_timeout": 3, "images": {"vllm": "registry.local/vllm:1"}})
     assert opts.api_timeout == 3.0 and isinstance(opts.api_timeout, float)
 
 
 def test_model_volume_placement() -> None:
-    pvc = K8sOptions.from_mapping({"model_volume": {"type": "pvc", "claim_name": "models"}}).model_volume
+    pvc = K8sOptions.parse({"model_volume": {"type": "pvc", "claim_name": "models"}}).model_volume
     volume, mount = podspec.model_volume(pvc, "/models/llama")
     assert volume == {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
     assert mount == {"name": "model", "mountPath": "/models", "readOnly": True}
@@ -160,7 +160,7 @@ def test_model_volume_placement() -> None:
 
 
 def test_accelerator_labels_and_images() -> None:
-    opts = K8sOptions.from_mapping({"accelerator_labels": {"NVIDIA L4": "L4-custom"},
+    opts = K8sOptions.parse({"accelerator_labels": {"NVIDIA L4": "L4-custom"},
                                     "images": {"llama.cpp": "registry.local/llama:cpu"}})
     assert podspec.accelerator_label("NVIDIA H20", opts) == "NVIDIA-H20"
     assert podspec.accelerator_label("NVIDIA  A100-SXM4-80GB", opts) == "NVIDIA-A100-SXM4-80GB"
@@ -209,7 +209,7 @@ def workload(replicas: int = 1, ready: int = 0, generation: int = 1, observed: i
 
 def verdict(wl: dict[str, Any], pods: list[dict[str, Any]], track: Track | None = None, now: float = 100.0,
             **options: Any) -> tuple[ResourcePhase, str | None]:
-    status, _ = summarize(wl, pods, track or Track(), now=now, options=K8sOptions.from_mapping(options),
+    status, _ = summarize(wl, pods, track or Track(), now=now, options=K8sOptions.parse(options),
                           endpoint=None)
     return status.phase, status.reason
 
@@ -277,7 +277,7 @@ def test_failed_is_latched_until_a_restart() -> None:
 def test_unschedulable_grace_and_recheck_time() -> None:
     sched = pod(node=None, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                         "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}])
-    opts = K8sOptions.from_mapping({"unschedulable_grace": 30})
+    opts = K8sOptions.parse({"unschedulable_grace": 30})
     track = Track()
     status, recheck = summarize(workload(), [sched], track, now=10.0, options=opts, endpoint=None)
     assert status.phase is ResourcePhase.PENDING and recheck == 40.0
@@ -329,7 +329,7 @@ def test_deploy_config_is_valid_for_the_server_and_the_shimlet() -> None:
     data = yaml.safe_load(config)
     settings = Settings(**data)
     assert settings.shimlet == "k8s"
-    K8sOptions.from_mapping(settings.shimlets["k8s"])
+    K8sOptions.parse(settings.shimlets["k8s"])
     shim = next(o for o in deploy_objects() if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert shim["serviceAccountName"] == "modserv-shim"
     args = shim["containers"][0]["args"]

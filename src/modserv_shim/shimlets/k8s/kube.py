@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ from lightkube.types import CascadeType, PatchType
 from modserv_shim.errors import BackendUnavailable, PermanentStepError, ShimError, StepError
 from modserv_shim.shimlets.k8s.naming import MANAGED_BY, MANAGER
 from modserv_shim.shimlets.k8s.options import K8sOptions
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -275,6 +278,31 @@ class KubeApi:
             return response.status_code, body
 
         return await self.call(what, op)
+
+    async def through_proxy(self, method: str, service: str, port: str, path: str, *,
+                            json_body: Any = None) -> tuple[int, Any]:
+        """``method path`` on ``service:port`` through the API server's service proxy.
+
+        The API server's own failures (429/5xx ``Status``, broken connections) say nothing
+        about the model server behind it, so a call that used up its ``api_retries`` is tried
+        again, until ``probe_timeout`` has passed: a short API outage must not fail a health
+        check.  Refusals (4xx) fail at once; the model server's answers are returned.
+        """
+        what = f"{method} {path} on service {self.namespace}/{service}"
+        url = proxy_path(self.namespace, service, port, path)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.probe_timeout
+        rounds = 0
+        while True:
+            try:
+                return await self.raw_request(method, url, what=what, json_body=json_body)
+            except BackendUnavailable:
+                rounds += 1
+                delay = self.backoff.delay(rounds)
+                if loop.time() + delay >= deadline:
+                    raise
+                log.info("k8s shimlet: %s: the API server keeps failing; trying again in %.2f s", what, delay)
+                await asyncio.sleep(delay)
 
 
 def _is_status(response: httpx2.Response) -> bool:

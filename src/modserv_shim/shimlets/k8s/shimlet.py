@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -54,20 +53,20 @@ from modserv_shim.errors import (
     StateConflict,
     ValidationFailed,
 )
+from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
 from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
-from modserv_shim.shimlets.k8s import manifests, naming
+from modserv_shim.shimlets.k8s import naming, render
 from modserv_shim.shimlets.k8s.cache import KINDS, WORKLOAD_KINDS, ClusterCache
 from modserv_shim.shimlets.k8s.informer import Informer
-from modserv_shim.shimlets.k8s.kube import KubeApi, load_config, proxy_path
+from modserv_shim.shimlets.k8s.kube import KubeApi, load_config
 from modserv_shim.shimlets.k8s.options import K8sOptions
 from modserv_shim.shimlets.k8s.podspec import PORT_NAME
-from modserv_shim.shimlets.k8s.status import Track, status_key, summarize
+from modserv_shim.shimlets.k8s.status import Track, summarize
 from modserv_shim.shimlets.k8s.validation import ValidationJob, inspect
 from modserv_shim.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
-Event = tuple[str, ResourceStatus]
 Obj = dict[str, Any]
 
 
@@ -82,14 +81,15 @@ def owner_of(workload: Mapping[str, Any]) -> str:
     return str((meta.get("annotations") or {}).get(naming.SERVICE_ID_ANNOTATION) or meta.get("name"))
 
 
-class K8sShimlet:
+class K8sShimlet(ShimletBase):
     """Runs each service as a Kubernetes workload.  See the module docstring."""
 
     name = "k8s"
     launch_target = "container"
 
     def __init__(self, ctx: PluginContext) -> None:
-        self.options = K8sOptions.from_mapping(ctx.options)
+        super().__init__()
+        self.options = K8sOptions.parse(ctx.options)
         self._namespace: str | None = self.options.namespace
         self._kube: KubeApi | None = None
         self._direct: httpx2.AsyncClient | None = None
@@ -103,53 +103,43 @@ class K8sShimlet:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._creating: set[str] = set()  # names whose create() runs: a vanishing old kind is no NOT_FOUND
-        self._subscribers: weakref.WeakSet[asyncio.Queue[Event | None]] = weakref.WeakSet()
-        self._start_lock = asyncio.Lock()
-        self._started = False
-        self._closed = False
+        self._hub = WatchHub()
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Connect, list and watch; returns once the cache holds what exists (idempotent)."""
-        async with self._start_lock:
-            self._check_open()
-            if self._started:
-                return
-            config = load_config(self.options)
-            namespace = self.options.namespace or config.namespace
-            kube = KubeApi(config, namespace, self.options)
-            informers = [Informer(kind, self._cache, kube.list_kind, kube.watch, kube.backoff) for kind in KINDS]
-            self._kube, self._namespace, self._informers = kube, namespace, informers
-            self._tasks = [asyncio.create_task(i.run(), name=f"k8s-informer-{i.kind}") for i in informers]
-            try:
-                async with asyncio.timeout(self.options.sync_timeout):
-                    await asyncio.gather(*(i.synced.wait() for i in informers))
-            except TimeoutError:
-                await self._stop_watching()
-                errors = "; ".join(f"{i.kind}: {i.last_error}" for i in informers if i.last_error)
-                raise BackendUnavailable(
-                    f"the Kubernetes API at {config.cluster.server} did not answer the first lists within"
-                    f" {self.options.sync_timeout:g} s (namespace {namespace})"
-                    + (f"; last errors: {errors}" if errors else "")) from None
-            if self.options.endpoint_access == "direct":
-                self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
-            self._job = ValidationJob(kube, self._cache, self.options)
-            self._job.clean_up()  # validation Jobs of a run that was killed mid-validation
-            self._started = True
-            log.info("k8s shimlet: watching namespace %s on %s; %d workload(s) adopted", namespace,
-                     config.cluster.server, len(self._cache.workload_names()))
+    async def _open(self) -> None:
+        """Connect, list and watch (``start``); returns once the cache holds what exists."""
+        config = load_config(self.options)
+        namespace = self.options.namespace or config.namespace
+        kube = KubeApi(config, namespace, self.options)
+        informers = [Informer(kind, self._cache, kube.list_kind, kube.watch, kube.backoff) for kind in KINDS]
+        self._kube, self._namespace, self._informers = kube, namespace, informers
+        self._tasks = [asyncio.create_task(i.run(), name=f"k8s-informer-{i.kind}") for i in informers]
+        try:
+            async with asyncio.timeout(self.options.sync_timeout):
+                await asyncio.gather(*(i.synced.wait() for i in informers))
+        except TimeoutError:
+            await self._stop_watching()
+            errors = "; ".join(f"{i.kind}: {i.last_error}" for i in informers if i.last_error)
+            raise BackendUnavailable(
+                f"the Kubernetes API at {config.cluster.server} did not answer the first lists within"
+                f" {self.options.sync_timeout:g} s (namespace {namespace})"
+                + (f"; last errors: {errors}" if errors else "")) from None
+        if self.options.endpoint_access == "direct":
+            self._direct = httpx2.AsyncClient(trust_env=False, timeout=self.options.probe_timeout)
+        self._job = ValidationJob(kube, self._cache, self.options)
+        self._job.clean_up()  # validation Jobs of a run that was killed mid-validation
+        log.info("k8s shimlet: watching namespace %s on %s; %d workload(s) adopted", namespace,
+                 config.cluster.server, len(self._cache.workload_names()))
 
-    async def close(self) -> None:
-        """Stop watching; every workload keeps running for the next ``start``."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._stop_watching()
-        if self._direct is not None:
-            await self._direct.aclose()
-        for queue in list(self._subscribers):
-            queue.put_nowait(None)
+    async def _shut(self) -> None:
+        """Stop watching (``close``); every workload keeps running for the next ``start``."""
+        try:
+            await self._stop_watching()
+            if self._direct is not None:
+                await self._direct.aclose()
+        finally:
+            self._hub.close()
 
     async def _stop_watching(self) -> None:
         if self._job is not None:
@@ -171,8 +161,8 @@ class K8sShimlet:
             raise ValidationFailed("replicas must be >= 0")
         kube = await self._ready()
         rid, name = ctx.service_id, naming.workload_name(ctx.service_id)
-        service = manifests.service(ctx, name, kube.namespace)
-        workload = manifests.workload(ctx, name, kube.namespace, self.options)
+        service = render.service(ctx, name, kube.namespace)
+        workload = render.workload(ctx, name, kube.namespace, self.options)
         async with self._lock(name):
             existing = self._cache.workloads(name)
             for obj in existing.values():
@@ -264,16 +254,11 @@ class K8sShimlet:
         return lines
 
     def watch(self) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        if self._closed:
-            queue.put_nowait(None)
-        else:
-            self._subscribers.add(queue)
-        return self._stream(queue)
+        return self._hub.watch()
 
     def render(self, ctx: DeployContext) -> dict[str, Any]:
         """The manifests ``create`` would apply (no cluster needed)."""
-        return manifests.render(ctx, naming.workload_name(ctx.service_id), self._render_namespace(), self.options)
+        return render.render(ctx, naming.workload_name(ctx.service_id), self._render_namespace(), self.options)
 
     async def inspect_model(self, spec: DeploySpec) -> Mapping[str, Any]:
         if not self.options.model_root:
@@ -284,31 +269,11 @@ class K8sShimlet:
         """``method path`` on the service's endpoint: via the API server's service proxy, or directly."""
         kube = await self._ready()
         name = naming.workload_name(resource_id)
+        if self._direct is None:
+            return await kube.through_proxy(method, name, PORT_NAME, path, json_body=json)
+        url = f"{self._endpoint(name, self._cache.workload(name))}/{path.lstrip('/')}"
         what = f"{method} {path} on service {kube.namespace}/{name}"
-        if self._direct is not None:
-            url = f"{self._endpoint(name, self._cache.workload(name))}/{path.lstrip('/')}"
-            return await kube.raw_request(method, url, what=what, json_body=json, client=self._direct)
-        return await self._through_proxy(kube, method, proxy_path(kube.namespace, name, PORT_NAME, path), what,
-                                         json)
-
-    async def _through_proxy(self, kube: KubeApi, method: str, path: str, what: str, json: Any) -> tuple[int, Any]:
-        """A request through the API server's service proxy.  The API server's own failures (429/5xx
-        ``Status``, broken connections) say nothing about the model server behind it, so a call that used
-        up its ``api_retries`` is tried again, until ``probe_timeout`` has passed: a short API outage must
-        not fail a health check.  Refusals (4xx) fail at once; the model server's answers are returned."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.probe_timeout
-        rounds = 0
-        while True:
-            try:
-                return await kube.raw_request(method, path, what=what, json_body=json)
-            except BackendUnavailable:
-                rounds += 1
-                delay = kube.backoff.delay(rounds)
-                if loop.time() + delay >= deadline:
-                    raise
-                log.info("k8s shimlet: %s: the API server keeps failing; trying again in %.2f s", what, delay)
-                await asyncio.sleep(delay)
+        return await kube.raw_request(method, url, what=what, json_body=json, client=self._direct)
 
     def resource_ids(self) -> list[str]:
         """Ids of every service this shimlet sees (after ``start``)."""
@@ -317,15 +282,9 @@ class K8sShimlet:
     # ------------------------------------------------------------ helpers
 
     async def _ready(self) -> KubeApi:
-        if not self._started:
-            await self.start()
-        self._check_open()
+        await self._ensure_started()
         assert self._kube is not None
         return self._kube
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailable("the k8s shimlet is closed")
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -346,13 +305,7 @@ class K8sShimlet:
         return self._namespace
 
     def _endpoint(self, name: str, workload: Mapping[str, Any] | None) -> str:
-        port = 8000
-        template = ((workload or {}).get("spec") or {}).get("template") or {}
-        for container in (template.get("spec") or {}).get("containers") or []:
-            for p in container.get("ports") or []:
-                if p.get("name") == PORT_NAME:
-                    port = int(p.get("containerPort") or port)
-        return f"http://{name}.{self._namespace}.svc.{self.options.cluster_domain}:{port}"
+        return render.endpoint(name, str(self._namespace), workload, self.options.cluster_domain)
 
     def _on_change(self, names: set[str]) -> None:
         for name in names:
@@ -369,8 +322,7 @@ class K8sShimlet:
                 return
             if self._statuses.pop(name, None) is not None:
                 self._tracks.pop(name, None)
-                rid = self._owners.pop(name, name)
-                self._publish(rid, ResourceStatus(ResourcePhase.NOT_FOUND, reason="deleted"))
+                self._hub.gone(self._owners.pop(name, name))
             return
         rid = self._owners.setdefault(name, owner_of(workload))
         track = self._tracks.get(name)
@@ -383,21 +335,7 @@ class K8sShimlet:
         self._statuses[name] = status
         if recheck is not None:
             self._timers[name] = loop.call_at(recheck, self._refresh, name)
-        key = status_key(status)
-        if key != track.last_key:
-            track.last_key = key
-            self._publish(rid, status)
-
-    def _publish(self, resource_id: str, status: ResourceStatus) -> None:
-        for queue in list(self._subscribers):
-            queue.put_nowait((resource_id, status))
-
-    async def _stream(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.discard(queue)
+        self._hub.publish(rid, status)  # only when it changed
 
 
 def _template(workload: Mapping[str, Any]) -> Any:

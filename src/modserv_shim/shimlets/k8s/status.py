@@ -38,8 +38,6 @@ from modserv_shim.shimlets.k8s import reasons
 from modserv_shim.shimlets.k8s.options import K8sOptions
 from modserv_shim.shimlets.k8s.reasons import Obj, Problem, ProblemKind
 
-StatusKey = tuple[ResourcePhase, int, int, str | None, str | None]
-
 
 @dataclass
 class Track:
@@ -50,7 +48,6 @@ class Track:
     failed_reason: str | None = None
     unschedulable_since: float | None = None
     ignored_pods: set[str] = field(default_factory=set)  # uids of pods from before a redeploy
-    last_key: StatusKey | None = None
 
     def restart(self, ignore: Iterable[str]) -> None:
         """A new deploy of the workload: forget the verdicts about the pods it replaces."""
@@ -152,7 +149,3 @@ def _pod_detail(pod: Obj, problem: Problem | None) -> dict[str, Any]:
     return {"name": meta.get("name"), "phase": st.get("phase"), "ready": reasons.is_ready(pod),
             "restarts": reasons.restarts(pod), "node": spec.get("nodeName"),
             "problem": problem.text if problem else None}
-
-
-def status_key(status: ResourceStatus) -> StatusKey:
-    return status.phase, status.ready_replicas, status.desired_replicas, status.endpoint, status.reason

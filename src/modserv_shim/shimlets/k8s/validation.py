@@ -42,7 +42,7 @@ from typing import Any
 
 from modserv_shim.errors import BackendUnavailable, PermanentStepError, ShimError, StepError
 from modserv_shim.modelinfo import ModelFacts, ModelInvalid, inspect_model
-from modserv_shim.shimlets.k8s import manifests, naming, reasons
+from modserv_shim.shimlets.k8s import naming, reasons, render
 from modserv_shim.shimlets.k8s.cache import ClusterCache
 from modserv_shim.shimlets.k8s.kube import KubeApi
 from modserv_shim.shimlets.k8s.options import K8sOptions
@@ -57,7 +57,7 @@ WAIT_TICK = 0.5  # re-check the unschedulable grace period this often while wait
 def not_found(spec: DeploySpec, options: K8sOptions, how: str) -> PermanentStepError:
     volume = options.model_volume
     return PermanentStepError(
-        f"model not found on the volume: {spec.modelFile} does not exist on {volume.describe()}"
+        f"model not found on the volume: {spec.modelFile} does not exist on {volume.place()}"
         f" (mounted at {volume.mount_root} in the pods; {how})",
         details={"problem": "not_found", "path": spec.modelFile})
 
@@ -86,7 +86,7 @@ class ValidationJob:
 
     async def run(self, spec: DeploySpec) -> dict[str, Any]:
         name = naming.validation_job_name(spec.modelName)
-        manifest = manifests.validation_job(spec, name, self.kube.namespace, self.options)
+        manifest = render.validation_job(spec, name, self.kube.namespace, self.options)
         self._ours.add(name)  # before the apply: its pod may show up before the apply returns
         try:
             # Inside the try: an apply that failed may still have created the Job (its answer was lost).
@@ -180,7 +180,7 @@ class ValidationJob:
         if not isinstance(report, Mapping):
             oom = " (OOMKilled: raise the Job's memory limit)" if term.get("reason") == "OOMKilled" else ""
             raise PermanentStepError(
-                f"the model validation Job {name} ({self.options.validation_image}) failed with exit code {code}"
+                f"the model validation Job {name} ({self.options.job_image}) failed with exit code {code}"
                 f"{oom}: {message[-500:] or 'no report'}; is modserv_shim installed in that image?")
         if report.get("ok"):
             try:

@@ -1,4 +1,7 @@
-"""The manifests ``create`` applies: a Deployment (or StatefulSet) and a ClusterIP Service.
+"""What a service looks like on the cluster: the manifests ``create`` applies, a Deployment
+(or StatefulSet) and a ClusterIP Service, the validation Job, and the endpoint URL.
+The pod spec pieces they share (scheduling, resources, model volume, probes) are in
+:mod:`.podspec`.
 
 Choices worth knowing:
 
@@ -23,6 +26,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -120,6 +124,17 @@ def render(ctx: DeployContext, name: str, namespace: str, options: K8sOptions) -
     }
 
 
+def endpoint(name: str, namespace: str, workload: Mapping[str, Any] | None, cluster_domain: str) -> str:
+    """The service's URL in cluster DNS, on the port the workload's server container names ``http``."""
+    port = 8000
+    template = ((workload or {}).get("spec") or {}).get("template") or {}
+    for container in (template.get("spec") or {}).get("containers") or []:
+        for p in container.get("ports") or []:
+            if p.get("name") == podspec.PORT_NAME:
+                port = int(p.get("containerPort") or port)
+    return f"http://{name}.{namespace}.svc.{cluster_domain}:{port}"
+
+
 def validation_job(spec: DeploySpec, name: str, namespace: str, options: K8sOptions) -> dict[str, Any]:
     """A one-shot Job that inspects ``spec.modelFile`` on the model volume and reports in its termination message."""
     volume, mount = podspec.model_volume(options.model_volume, spec.modelFile)
@@ -127,7 +142,7 @@ def validation_job(spec: DeploySpec, name: str, namespace: str, options: K8sOpti
                   APP_NAME: naming.label_value(spec.modelName), VALIDATION_LABEL: name}
     container = {
         "name": "modelinfo",
-        "image": options.validation_image,
+        "image": options.job_image,
         "command": ["python", "-m", "modserv_shim.modelinfo", spec.modelFile, "--termination-log", TERMINATION_LOG],
         "terminationMessagePath": TERMINATION_LOG,
         # If the program dies before writing its report, the end of its output becomes the message.
