@@ -173,9 +173,7 @@ class K8sOptions(PluginOptions):
         0.2, ge=0, description="first retry delay in seconds (doubling, jittered); a `Retry-After` from the"
         " server wins (up to 60 s)")
     api_backoff_max: float = Field(10.0, ge=0, description="cap of the retry delay we choose ourselves, in seconds")
-    watch_timeout: float = Field(
-        300.0, gt=0, description="server-side lifetime of one watch request in seconds (then it is re-opened"
-        " from where it stopped)")
+    watch_timeout: float = Field(300.0, gt=0, description="seconds one watch request lasts, then it resumes")
     sync_timeout: float = Field(30.0, gt=0, description="seconds `start()` waits for the first lists")
     delete_wait: float = Field(30.0, ge=0, description="seconds `delete()` waits for the pods to be gone")
     probe_timeout: float = Field(
