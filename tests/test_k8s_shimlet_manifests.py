@@ -22,7 +22,7 @@ from kubernetes_validate.utils import latest_version
 
 from modserv_shim.errors import PermanentStepError, ValidationFailed
 from modserv_shim.plugins import PluginContext, ResourcePhase
-from modserv_shim.shimlets.k8s import K8sOptions, K8sShimlet, naming, podspec, reasons, render
+from modserv_shim.shimlets.k8s import K8sOptions, K8sShimlet, ModelVolume, naming, podspec, reasons, render
 from modserv_shim.shimlets.k8s.status import Track, summarize
 from modserv_shim.spec import DeploySpec, ResourceRequirements, redact
 from tests.test_k8s_shimlet import context, llama3_context
@@ -143,6 +143,15 @@ def test_unknown_and_mistyped_options_are_refused() -> None:
         K8sShimlet(PluginContext("k8s", Path("/x"), {"bogus": 1}))
     opts = K8sOptions.parse({"api_timeout": 3, "images": {"vllm": "registry.local/vllm:1"}})
     assert opts.api_timeout == 3.0 and isinstance(opts.api_timeout, float)
+
+
+def test_the_docs_show_exactly_the_generated_tables() -> None:
+    """docs/kubernetes.md's option tables are what the models generate: a block each, nothing added."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md").read_text()
+    tables = [K8sOptions.markdown_table(), ModelVolume.markdown_table()]
+    assert text.count(tables[0].splitlines()[0]) == len(tables)
+    for table in tables:
+        assert f"\n\n{table}\n" in text
 
 
 def test_model_volume_placement() -> None:
