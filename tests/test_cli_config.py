@@ -73,6 +73,21 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     assert Settings.load(None).shimlet == "local" and Settings.load(None).pipeline == "opensourcellm"
 
 
+def test_step_overrides_from_the_environment_name_steps_with_dashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config docstring's example: an environment variable cannot hold '-', so '_' stands for it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipelines:\n  opensourcellm:\n    steps:\n"
+                   "      health-check: {timeout: 5, retry: {attempts: 2}}\n      model_validation: {timeout: 9}\n")
+    monkeypatch.setenv("MODSERV_PIPELINES__OPENSOURCELLM__STEPS__HEALTH_CHECK__TIMEOUT", "1800")
+    steps = Settings.load(cfg).pipelines["opensourcellm"].steps
+    assert sorted(steps) == ["health-check", "model-validation"]
+    assert steps["health-check"].timeout == 1800  # the environment wins over the file ...
+    assert steps["health-check"].retry is not None and steps["health-check"].retry.attempts == 2  # ... field by field
+    assert steps["model-validation"].timeout == 9
+
+
 async def test_step_overrides_from_config_file(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("pipelines:\n  fake:\n    steps:\n      deploy: {timeout: 0.2, retry: {attempts: 1}}\n")

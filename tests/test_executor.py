@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from modserv_shim.core.executor import Executor, MemoryRecorder, StepFailed
+from modserv_shim.core.executor import (
+    Executor,
+    MemoryRecorder,
+    StepFailed,
+    StepOverride,
+    UnknownStepOverride,
+    apply_overrides,
+)
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import ServiceRecord
@@ -19,13 +26,18 @@ from tests.doubles.fake_shimlet import FakeShimlet
 
 
 class RecordingClock:
-    """TEST DOUBLE: records the waits instead of sleeping."""
+    """TEST DOUBLE: records the waits instead of sleeping; its time stands still unless a test moves it."""
 
     def __init__(self) -> None:
         self.sleeps: list[float] = []
+        self.wall = 0.0
+        self.mono = 0.0
 
     def now(self) -> float:
-        return 0.0
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -64,8 +76,9 @@ def record() -> ServiceRecord:
     return ServiceRecord("m-1", "m", spec.wire(), "fake", "scripted", State.INITIALIZING, [])
 
 
-async def run(tmp_path: Path, steps: list[StepSpec], script: dict[str, list[object]]):  # type: ignore[no-untyped-def]
-    clock, rec_store = RecordingClock(), MemoryRecorder()
+async def run(tmp_path: Path, steps: list[StepSpec], script: dict[str, list[object]],  # type: ignore[no-untyped-def]
+              clock: RecordingClock | None = None, fixed_timeouts: frozenset[str] = frozenset()):
+    clock, rec_store = clock or RecordingClock(), MemoryRecorder()
     ex = Executor(rec_store, clock, Metrics(), tmp_path)
     pipe = ScriptedPipeline(steps, script)
     rec = record()
@@ -76,7 +89,7 @@ async def run(tmp_path: Path, steps: list[StepSpec], script: dict[str, list[obje
 
     shimlet = FakeShimlet(PluginContext("fake", tmp_path))
     try:
-        await ex.run(rec, pipe, steps, shimlet, operator="tester", enter_phase=enter)
+        await ex.run(rec, pipe, steps, shimlet, operator="tester", enter_phase=enter, fixed_timeouts=fixed_timeouts)
         error = None
     except StepFailed as exc:
         error = exc
@@ -150,3 +163,65 @@ def test_retry_policy_validates() -> None:
     with pytest.raises(ValueError, match="attempts must be at least 1"):
         RetryPolicy(attempts=0)
     assert RetryPolicy(backoff=1, multiplier=2, max_delay=100).delay(4) == 8
+
+
+class TickingClock(RecordingClock):
+    """TEST DOUBLE: every reading of the monotonic clock is 1.5 s after the last; a sleep moves the wall clock."""
+
+    def monotonic(self) -> float:
+        self.mono += 1.5
+        return self.mono
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        self.wall += seconds
+
+
+async def test_times_come_from_the_injected_clock(tmp_path: Path) -> None:
+    clock = TickingClock()
+    clock.wall = 1_700_000_000.0
+    steps = [StepSpec("a", retry=RetryPolicy(attempts=2, backoff=7))]
+    _, store, _, _, _, error = await run(tmp_path, steps, {"a": [StepError("flaky"), "ok"]}, clock)
+    assert error is None
+    first, second = store.runs
+    assert first.started_at == first.finished_at == 1_700_000_000.0
+    assert second.started_at == second.finished_at == 1_700_000_007.0  # after the 7 s backoff
+    assert first.duration_ms == second.duration_ms == 1500.0
+    assert [x.ts for x in store.logs] == [1_700_000_000.0]  # the retry note, stamped by the clock
+
+
+def test_an_override_naming_no_step_is_refused_with_the_steps() -> None:
+    steps = [StepSpec("model-validation"), StepSpec("health-check", Phase.HEALTH_CHECKING)]
+    with pytest.raises(UnknownStepOverride) as info:
+        apply_overrides(steps, {"helth-check": StepOverride(timeout=5)}, "opensourcellm")
+    assert info.value.message == (
+        "the configuration (pipelines.opensourcellm.steps) overrides 'helth-check', which pipeline"
+        " 'opensourcellm' does not have; its steps: model-validation, health-check")
+
+
+def test_underscore_in_an_override_stands_for_a_dash() -> None:
+    steps = [StepSpec("model-validation"), StepSpec("health-check", Phase.HEALTH_CHECKING, timeout=60)]
+    out = apply_overrides(steps, {"health_check": StepOverride(timeout=5, retry={"attempts": 4})})
+    assert (out[1].timeout, out[1].retry.attempts) == (5, 4) and out[0] == steps[0]
+
+
+async def test_a_fixed_timeout_is_matched_whatever_the_spelling(tmp_path: Path) -> None:
+    """A step that sets its own timeout (health-check) must not undo one the configuration fixed."""
+
+    steps = [StepSpec("health-check", timeout=0.05)]
+
+    async def grow(step: StepSpec, ctx: StepContext) -> None:
+        ctx.set_timeout(30)
+        await asyncio.Event().wait()
+
+    clock, rec_store = RecordingClock(), MemoryRecorder()
+    ex = Executor(rec_store, clock, Metrics(), tmp_path)
+    pipe = ScriptedPipeline(steps, {})
+    pipe.run_step = grow  # type: ignore[method-assign]
+
+    async def enter(p: Phase) -> None:
+        return None
+
+    with pytest.raises(StepFailed, match=r"did not finish within 0\.05 s"):
+        await ex.run(record(), pipe, steps, FakeShimlet(PluginContext("fake", tmp_path)), operator="t",
+                     enter_phase=enter, fixed_timeouts=frozenset({"health_check"}))

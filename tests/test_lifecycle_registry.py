@@ -113,3 +113,51 @@ async def test_two_first_uses_at_once_start_one_instance(tmp_path: Path) -> None
     reg.register("shimlet", "slow", SlowStart, "builtin")
     a, b = await asyncio.gather(reg.shimlet("slow"), reg.shimlet("slow"))
     assert a is b and started == [a]
+
+
+# --- step overrides in the configuration must name steps the pipeline has
+
+
+def overriding_registry(tmp_path: Path, steps: dict[str, object]) -> Registry:
+    from modserv_shim.builtins import BUILTINS
+    from modserv_shim.core.executor import StepOverride
+
+    overrides = {name: StepOverride(timeout=5) for name in steps}
+    reg = Registry(RegistryConfig(tmp_path, tmp_path / "plugins", step_overrides={"opensourcellm": overrides}))
+    reg.register_builtins(BUILTINS)
+    return reg
+
+
+def test_an_override_naming_no_step_is_refused_before_serving(tmp_path: Path) -> None:
+    from modserv_shim.core.executor import UnknownStepOverride
+    from modserv_shim.errors import PluginLoadError
+
+    reg = overriding_registry(tmp_path, {"health-check": 1, "model_validaton": 1})
+    with pytest.raises(UnknownStepOverride) as info:
+        reg.check_step_overrides()
+    assert isinstance(info.value, PluginLoadError)
+    assert info.value.message == (
+        "the configuration (pipelines.opensourcellm.steps) overrides 'model_validaton', which pipeline"
+        " 'opensourcellm' does not have; its steps: model-validation, config-rendering, resource-deployment,"
+        " health-check")
+
+
+async def test_an_override_naming_no_step_is_refused_when_the_pipeline_is_built(tmp_path: Path) -> None:
+    from modserv_shim.errors import PluginLoadError
+
+    reg = overriding_registry(tmp_path, {"healthcheck": 1})
+    with pytest.raises(PluginLoadError, match="overrides 'healthcheck', which pipeline 'opensourcellm' does not"):
+        await reg.pipeline("opensourcellm")
+
+
+async def test_checked_overrides_build_the_pipeline_once(tmp_path: Path) -> None:
+    reg = overriding_registry(tmp_path, {"health_check": 1, "config-rendering": 1})
+    reg.check_step_overrides()
+    built = reg.entry("pipeline", "opensourcellm").built
+    assert built is not None
+    pipeline = await reg.pipeline("opensourcellm")
+    try:
+        assert pipeline is built and reg.entry("pipeline", "opensourcellm").built is None
+        reg.check_step_overrides()  # again, on the started instance: still fine
+    finally:
+        await reg.close()

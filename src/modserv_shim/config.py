@@ -17,9 +17,11 @@ Example ``modserv.yaml``::
           model-validation: {retry: {attempts: 2}}
 
 Flat values come from the environment (``MODSERV_PORT``, ``MODSERV_DATA_DIR``); lists and
-maps as JSON (``MODSERV_ALLOWED_ENV='["HF_TOKEN", "ACME_*"]'``).  Nested values can use ``__``
-between levels, but step names hold ``-`` (``health-check``), which no variable name can: put
-step overrides in the file.
+maps as JSON (``MODSERV_ALLOWED_ENV='["HF_TOKEN", "ACME_*"]'``).  Nested values use ``__``
+between levels.  In step names ``_`` stands for ``-`` (no variable name can hold ``-``), so
+``MODSERV_PIPELINES__OPENSOURCELLM__STEPS__HEALTH_CHECK__TIMEOUT=1800`` sets the timeout of
+the step ``health-check``.  A step override that names no step of its pipeline is refused
+when the pipeline is built, naming the step and the pipeline's steps.
 """
 
 from __future__ import annotations
@@ -95,6 +97,22 @@ class StepSettings(BaseModel):
 class PipelineSettings(BaseModel):
     steps: dict[str, StepSettings] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("steps")
+    @classmethod
+    def _dashes(cls, steps: dict[str, StepSettings]) -> dict[str, StepSettings]:
+        """Step names with ``-``: ``health_check`` (all an environment variable can say) is ``health-check``.
+
+        When both spellings are given (the file says ``health-check``, the environment ``HEALTH_CHECK``),
+        the ``_`` spelling's fields win, as the environment wins over the file."""
+        out: dict[str, StepSettings] = {}
+        for name in sorted(steps, key=lambda n: "_" in n):  # the "-" spellings first
+            key, value = name.replace("_", "-"), steps[name]
+            if key in out:
+                given = value.model_dump(exclude_unset=True)
+                value = out[key].model_copy(update={k: getattr(value, k) for k in given})
+            out[key] = value
+        return out
 
 
 class Settings(BaseSettings):

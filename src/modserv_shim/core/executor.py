@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from modserv_shim.core.clock import Clock
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import RunStatus, ServiceRecord, StepLog, StepRun
-from modserv_shim.errors import ClientError, PermanentStepError, StepError, StepTimeout
+from modserv_shim.errors import ClientError, PermanentStepError, PluginLoadError, StepError, StepTimeout
 from modserv_shim.plugins import PHASE_ORDER, Phase, Pipeline, RetryPolicy, Shimlet, StepSpec
 from modserv_shim.spec import DeploySpec, redact
 
 log = structlog.get_logger("modserv_shim.executor")
+T = TypeVar("T")
 
 
 class Recorder(Protocol):
@@ -113,10 +113,46 @@ class StepOverride:
     retry: Mapping[str, Any] | None = None
 
 
-def apply_overrides(steps: Sequence[StepSpec], overrides: Mapping[str, StepOverride]) -> list[StepSpec]:
+def step_key(name: str) -> str:
+    """How the configuration names a step: ``_`` and ``-`` are the same character.
+
+    Environment variables cannot hold ``-``: ``MODSERV_PIPELINES__OPENSOURCELLM__STEPS__HEALTH_CHECK__TIMEOUT``
+    sets the step ``health-check``.
+    """
+    return name.replace("_", "-")
+
+
+class UnknownStepOverride(PluginLoadError):
+    """The configuration overrides a step the pipeline does not have (a typo, or a step that was renamed)."""
+
+
+def resolve_overrides(
+    steps: Sequence[StepSpec], overrides: Mapping[str, T], pipeline: str = ""
+) -> dict[str, T]:
+    """``overrides`` keyed by the names of ``steps`` (see :func:`step_key`).
+
+    Raises :class:`UnknownStepOverride` naming every override that matches no step, and the steps.
+    """
+    by_key = {step_key(s.name): s.name for s in steps}
+    unknown = sorted(k for k in overrides if step_key(k) not in by_key)
+    if unknown:
+        where = f"pipelines.{pipeline}.steps" if pipeline else "pipelines.<name>.steps"
+        names = ", ".join(s.name for s in steps) or "(none)"
+        which = ", ".join(repr(k) for k in unknown)
+        raise UnknownStepOverride(
+            f"the configuration ({where}) overrides {which}, which pipeline {pipeline or '(unnamed)'!r}"
+            f" does not have; its steps: {names}")
+    return {by_key[step_key(k)]: v for k, v in overrides.items()}
+
+
+def apply_overrides(
+    steps: Sequence[StepSpec], overrides: Mapping[str, StepOverride], pipeline: str = ""
+) -> list[StepSpec]:
+    """``steps`` with the configured timeouts and retry policies; an unknown step name is refused."""
+    resolved = resolve_overrides(steps, overrides, pipeline)
     out = []
     for s in steps:
-        o = overrides.get(s.name)
+        o = resolved.get(s.name)
         out.append(s.with_overrides(timeout=o.timeout, retry=o.retry) if o else s)
     return out
 
@@ -194,7 +230,8 @@ class _Context:
 
     def log(self, message: str, level: str = "info", **fields: Any) -> None:
         self.pending_logs.append(
-            StepLog(self._rec.id, self._step.name, self._attempt, time.time(), level, message, _jsonable(fields))
+            StepLog(self._rec.id, self._step.name, self._attempt, self._ex.clock.now(), level, message,
+                    _jsonable(fields))
         )
         log.log(_LEVELS.get(level, 20), message, service_id=self._rec.id, step=self._step.name,
                 attempt=self._attempt, **fields)
@@ -310,6 +347,7 @@ class Executor:
         ``asyncio.CancelledError`` through after recording the attempt.
         """
         spec = DeploySpec.model_validate(rec.spec)
+        fixed = {step_key(n) for n in fixed_timeouts}
         while rec.current_step < len(steps):
             step = steps[rec.current_step]
             if stop_before is not None and PHASE_ORDER.index(step.phase) >= PHASE_ORDER.index(stop_before):
@@ -318,7 +356,7 @@ class Executor:
                 raise asyncio.CancelledError
             await enter_phase(step.phase)
             await self._run_step(rec, pipeline, step, spec, shimlet, operator, stop_before is not None,
-                                 step.name in fixed_timeouts)
+                                 step_key(step.name) in fixed)
 
     async def _run_step(
         self,
@@ -335,9 +373,9 @@ class Executor:
         for attempt in range(1, policy.attempts + 1):
             ctx = _Context(self, rec, spec, shimlet, step, attempt, operator, dry_run, timeout_fixed)
             ctx.params["timeout"] = step.timeout
-            run = StepRun(rec.id, step.name, attempt, RunStatus.RUNNING, time.time(), operator,
+            run = StepRun(rec.id, step.name, attempt, RunStatus.RUNNING, self.clock.now(), operator,
                           params={"timeout": step.timeout, "retry": asdict(policy)})
-            t0 = time.monotonic()
+            t0 = self.clock.monotonic()
             error: BaseException | None = None
             # The attempt's row is written while the step runs, or with its end; also when a delete cancels it.
             recorded = _Deferred(RECORD_DELAY, functools.partial(self.recorder.add_step_run, run))
@@ -400,7 +438,8 @@ class Executor:
         delay = policy.delay(attempt)
         self.metrics.step_retries.labels(pipeline=pipeline.name, step=step.name).inc()
         note = f"attempt {attempt} failed: {reason}; retrying in {delay:g} s"
-        await self.recorder.add_step_logs([StepLog(run.service_id, step.name, attempt, time.time(), "warning", note)])
+        note_line = StepLog(run.service_id, step.name, attempt, self.clock.now(), "warning", note)
+        await self.recorder.add_step_logs([note_line])
         await self.clock.sleep(delay)
 
     async def _finish(
@@ -414,10 +453,10 @@ class Executor:
         recorded: _Deferred,
         progress: Mapping[str, Any] | None = None,
     ) -> None:
-        elapsed = time.monotonic() - t0
+        elapsed = self.clock.monotonic() - t0
         run.status = status
         run.error = error
-        run.finished_at = time.time()
+        run.finished_at = self.clock.now()
         run.duration_ms = round(elapsed * 1000, 3)
         run.params.update(ctx.params)
         await asyncio.shield(self._persist_finish(run, ctx, progress, recorded))

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import structlog
 
 from modserv_shim.allowlist import RequestPolicy
+from modserv_shim.core.executor import resolve_overrides
 from modserv_shim.errors import PluginLoadError, PluginNotFound
 from modserv_shim.plugins import (
     PHASE_ORDER,
@@ -53,6 +54,7 @@ class PluginEntry:
     factory: Factory
     source: str  # "builtin", "entry-point:<value>", "file:<path>", "module:<name>"
     instance: Any = None
+    built: Any = None  # made by check_step_overrides, not started yet: _start uses it
     starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # two first uses at once start it once
 
 
@@ -72,6 +74,9 @@ class RegistryConfig:
     options: Mapping[Kind, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     server_settings: Mapping[str, Any] = field(default_factory=dict)
     policy: RequestPolicy = field(default_factory=RequestPolicy)
+    step_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Pipeline -> step -> override (config ``pipelines.<name>.steps``): a pipeline is refused when
+    one names a step it does not have."""
 
 
 def _summary(exc: BaseException) -> str:
@@ -262,24 +267,51 @@ class Registry:
                 entry.instance = await self._start(entry)
         return entry.instance
 
-    async def _start(self, entry: PluginEntry) -> Any:
+    def _build(self, entry: PluginEntry) -> Any:
         opts = self.config.options.get(entry.kind, {}).get(entry.name, {})
         ctx = PluginContext(entry.name, self.config.data_dir, dict(opts), dict(self.config.server_settings),
                             self.config.policy)
         try:
-            obj = entry.factory(ctx)
+            return entry.factory(ctx)
         except Exception as exc:
             raise PluginLoadError(f"{entry.kind} {entry.name!r} failed to start: {_summary(exc)}") from exc
+
+    async def _start(self, entry: PluginEntry) -> Any:
+        obj = entry.built if entry.built is not None else self._build(entry)
+        entry.built = None
         if entry.kind == "shimlet":
             check_shimlet(obj, entry.name)
         else:
-            check_pipeline(obj, entry.name)
+            steps = check_pipeline(obj, entry.name)
+            resolve_overrides(steps, self.config.step_overrides.get(entry.name, {}), entry.name)
         if isinstance(obj, Lifecycle):
             try:
                 await obj.start()
             except Exception as exc:
                 raise PluginLoadError(f"{entry.kind} {entry.name!r} failed to start: {_summary(exc)}") from exc
         return obj
+
+    def check_step_overrides(self) -> None:
+        """Refuse now a configured step override that names no step of its pipeline.
+
+        Raises :class:`~modserv_shim.core.executor.UnknownStepOverride` (a :class:`PluginLoadError`)
+        naming the step and the pipeline's steps.  Call it once the plugins are registered, before
+        serving (it needs no event loop): every registered pipeline the configuration overrides
+        steps of is built (not started; that happens at its first use, as always).  Pipelines not
+        registered yet (hot-loaded later) are checked when they are loaded.
+        """
+        for name, overrides in self.config.step_overrides.items():
+            if not overrides:
+                continue
+            if not self.has("pipeline", name):
+                log.warning("step overrides for a pipeline that is not registered; checked when it is loaded",
+                            pipeline=name, steps=sorted(overrides))
+                continue
+            entry = self.entry("pipeline", name)
+            if entry.instance is None and entry.built is None:
+                entry.built = self._build(entry)
+            steps = check_pipeline(entry.instance or entry.built, name)
+            resolve_overrides(steps, overrides, name)
 
     async def shimlet(self, name: str) -> Shimlet:
         obj: Shimlet = await self._instantiate(self.entry("shimlet", name))
