@@ -1,17 +1,19 @@
 """The ``k8s`` shimlet: model servers as Deployments/StatefulSets + Services on a Kubernetes cluster.
 
-Files, in the order a request meets them:
+Files: first the four every shimlet has (see
+:mod:`modserv_shim.shimlets`), then its helpers:
 
 ``shimlet``     the plugin and its contracts (create, status, delete, scale, logs, watch,
                 render, inspect_model, request)
-``options``     every option with its default and meaning
+``options``     every option with its type, default and meaning (``model_volume`` too)
+``render``      what a service looks like: Deployment / StatefulSet / Service / validation
+                Job manifests and the endpoint URL
+``status``      workload + pods -> phase; ``reasons``: pod states in plain words
 ``naming``      Kubernetes names and labels derived from the service id
-``manifests``   Deployment / StatefulSet / Service / validation Job manifests
-``podspec``     the pod spec pieces: scheduling, resources, model volume, probes
+``podspec``     the pod spec pieces behind ``render``: scheduling, resources, model volume, probes
 ``kube``        lightkube with retries, error translation, the service proxy
 ``informer``    list + watch of one kind, resumed and relisted on errors
 ``cache``       the watch cache that ``status`` answers from
-``status``      workload + pods -> phase; ``reasons``: pod states in plain words
 ``validation``  the model check where the pods see it (model_root or a Job)
 """
 

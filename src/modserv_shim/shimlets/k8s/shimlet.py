@@ -25,7 +25,9 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   through the proxy, the API server's own failures are retried for up to
   ``probe_timeout``, not only ``api_retries`` times.
 * ``watch`` streams ``(service id, status)`` for every change of every service,
-  fed by three label-selected watches shared by all services (:mod:`.informer`).
+  fed by three label-selected watches shared by all services (:mod:`.informer`);
+  any number of consumers, each from the moment it called ``watch()``, in order,
+  until ``close`` (a :class:`~modserv_shim.kit.shimlet.WatchHub`).
 * ``start`` lists and watches before it returns, so the workloads of an earlier
   run are *adopted* from the cluster by their labels, not recreated, and the
   validation Jobs an earlier run left when it was killed are deleted; ``close``
@@ -33,7 +35,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
 * ``inspect_model`` validates the model where the pods will see it (:mod:`.validation`).
 * ``render`` returns the manifests ``create`` would apply (for ``dryRun``).
 
-The public methods start the shimlet themselves if the server forgot to.
+The public methods start the shimlet themselves if the server forgot to, and refuse
+once it is closed (:class:`~modserv_shim.kit.shimlet.ShimletBase`).
 """
 
 from __future__ import annotations

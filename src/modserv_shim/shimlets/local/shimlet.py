@@ -23,7 +23,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
 * ``watch`` may have any number of concurrent consumers; each one gets every
   status change from the moment ``watch()`` was called, in order.  Queues are
   unbounded (status changes are rare); a consumer that stops iterating is
-  dropped.  The streams end when the shimlet is closed.
+  dropped.  The streams end when the shimlet is closed.  (A :class:`~modserv_shim.kit.shimlet.WatchHub`;
+  a status is published only when it changed.)
 * ``start`` re-adopts what an earlier run left: every state file is read, a
   replica whose pid is still the process we started (same start time) is
   monitored again without being restarted (no model reload), a replica whose
@@ -31,7 +32,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   model servers keep running and are re-adopted by the next ``start``.  They
   run in their own session, so even a SIGKILL of the shim leaves them alone.
 
-The public methods call ``start`` themselves if the server forgot to.
+The public methods call ``start`` themselves if the server forgot to, and refuse
+once the shimlet is closed (:class:`~modserv_shim.kit.shimlet.ShimletBase`).
 One endpoint per resource: replica 0's port.  Further replicas listen on ports
 of their own; spreading requests over them is not the local shimlet's job.
 """
