@@ -54,7 +54,6 @@ from modserv_shim.plugins import (
     DeployContext,
     Lifecycle,
     LogSource,
-    PluginContext,
     ResourcePhase,
     ResourceStatus,
     Scalable,
@@ -65,7 +64,10 @@ from modserv_shim.testing.contexts import make_deploy_context, make_plugin_conte
 
 ContextFactory = Callable[[str, int], DeployContext]
 Deploy = Callable[[DeployContext], Awaitable[str]]
-ShimletFactory = Callable[[PluginContext], Any]
+ShimletFactory = Callable[..., Any]
+"""A plugin factory: called with a :class:`PluginContext`, returns the shimlet (usually its class).
+
+Typed ``...`` so that a class attribute holding it is not taken by mypy for a method."""
 
 
 def new_service_id(prefix: str = "contract") -> str:
