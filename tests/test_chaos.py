@@ -500,7 +500,7 @@ async def test_validation_jobs_left_by_a_killed_run_are_deleted_when_the_shimlet
     from lightkube.types import PatchType
 
     from modserv_shim.plugins import PluginContext
-    from modserv_shim.shimlets.k8s import K8sShimlet, manifests
+    from modserv_shim.shimlets.k8s import K8sShimlet, render
     from modserv_shim.shimlets.k8s.options import K8sOptions
     from modserv_shim.spec import DeploySpec
 
@@ -514,7 +514,7 @@ async def test_validation_jobs_left_by_a_killed_run_are_deleted_when_the_shimlet
         sim.write_kubeconfig(tmp_path / "kubeconfig")
         sim.set_job_handler(modelinfo_job(volume, tmp_path, []))
         # What a run killed mid-validation leaves: its Job (and the Job's pod), applied as the shimlet applies it.
-        leftover = manifests.validation_job(spec, "tiny-check-dead00", "default", K8sOptions.from_mapping(options))
+        leftover = render.validation_job(spec, "tiny-check-dead00", "default", K8sOptions.parse(options))
         async with sim.async_client(field_manager="modserv-shim") as client:
             from lightkube.resources.batch_v1 import Job
 
