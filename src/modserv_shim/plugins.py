@@ -9,7 +9,9 @@ Two plugin kinds sit around the core:
   :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`, and
   :class:`Lifecycle` (start/close).
 * a **pipeline** is an ordered list of :class:`StepSpec` plus
-  ``run_step(step, ctx)``; see :class:`Pipeline`.  A pipeline that starts a runtime
+  ``run_step(step, ctx)``; see :class:`Pipeline`.  Written by hand, or declared step by
+  step with :class:`modserv_shim.kit.pipeline.DeclaredPipeline` (which also lets one
+  pipeline extend another by inserting, replacing or removing steps).  A pipeline that starts a runtime
   also implements :class:`RequestChecker` (what a request may put into it) and may
   implement :class:`ScaleChecker`.
 
@@ -173,7 +175,9 @@ class Pipeline(Protocol):
     go backwards (pipeline_running, then deploying, then health_checking).
     ``run_step`` raises on failure: :class:`~modserv_shim.errors.PermanentStepError`
     (or a type in ``step.permanent``) stops the pipeline at once, anything else
-    is retried per ``step.retry``.
+    is retried per ``step.retry``.  :class:`modserv_shim.kit.pipeline.DeclaredPipeline`
+    derives both methods from declared steps; :mod:`modserv_shim.testing.pipeline_contract`
+    checks either kind.
     """
 
     name: str
