@@ -57,7 +57,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 from modserv_shim.errors import PermanentStepError
@@ -358,8 +358,3 @@ class DeclaredPipeline:
         except KeyError:
             raise PermanentStepError(f"the {self.name} pipeline has no step {step.name!r}") from None
         await decl.run(self, ctx)
-
-
-def with_step(base: Step, **changes: Any) -> Step:
-    """A copy of ``base`` with some fields changed (e.g. a longer timeout), for ``replace_step``."""
-    return replace(base, **changes)
