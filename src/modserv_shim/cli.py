@@ -1,8 +1,13 @@
-"""``model-serve-shim``: start the server (the brief's flags), or print the version.
+"""``model-serve-shim``: start the server (the brief's flags), print the version, or write a plugin project.
 
     model-serve-shim --port=8080 --shimlet=k8s --pipeline=opensourcellm
     model-serve-shim --version
     model-serve-shim --host=0.0.0.0 --tokens-file=tokens.yaml --tls-certfile=cert.pem --tls-keyfile=key.pem
+    model-serve-shim new-plugin shimlet docker [--dir DIR] [--package PKG]
+    model-serve-shim new-plugin pipeline quantllm [--extends opensourcellm]
+
+Without a command the server starts (the options above are the server's); ``new-plugin``
+writes the skeleton of a plugin project (:mod:`modserv_shim.scaffold`).
 
 Precedence: flags > ``MODSERV_*`` environment > ``--config`` YAML file > defaults.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +35,8 @@ from modserv_shim.config import Settings
 from modserv_shim.errors import ShimError
 from modserv_shim.server.auth import TokenTable, is_loopback
 
-app = typer.Typer(add_completion=False, help="ModelServeShim: deploy open-source LLMs as OpenAI-compatible services.")
+app = typer.Typer(add_completion=False, rich_markup_mode=None,  # [default: ...] in a help text is text
+                  help="ModelServeShim: deploy open-source LLMs as OpenAI-compatible services.")
 
 
 def commit() -> str:
@@ -78,8 +85,9 @@ def listen_url(host: str, port: int, *, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://{h}:{port}"
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 def main_command(
+    ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
     shimlet: Annotated[str | None, typer.Option(help="Default environment plugin [default: local].")] = None,
@@ -101,7 +109,16 @@ def main_command(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Start the ModelServeShim server."""
+    """Start the ModelServeShim server (without a command), or run a command."""
+    if ctx.invoked_subcommand is not None:
+        server_flags = {"--port": port, "--host": host, "--shimlet": shimlet, "--pipeline": pipeline,
+                        "--data-dir": data_dir, "--config": config, "--database-url": database_url,
+                        "--tokens-file": tokens_file, "--plugin-dir": plugin_dir, "--log-level": log_level,
+                        "--log-format": log_format, "--tls-certfile": tls_certfile, "--tls-keyfile": tls_keyfile}
+        given = [flag for flag, value in server_flags.items() if value is not None]
+        if given:
+            raise fail(f"{', '.join(given)}: server options go without a command (not with {ctx.invoked_subcommand})")
+        return
     from modserv_shim import logs
     from modserv_shim.server.runner import TLSConfigError, build, build_registry, check_tls, serve
 
@@ -147,6 +164,37 @@ def main_command(
     typer.echo(f"{version_text()} listening on {listen_url(settings.host, settings.port, tls=tls)}"
                f" (shimlet={settings.shimlet}, pipeline={settings.pipeline}, data={settings.data_dir})", err=True)
     serve(server)
+
+
+class PluginKind(StrEnum):
+    shimlet = "shimlet"
+    pipeline = "pipeline"
+
+
+@app.command("new-plugin")
+def new_plugin(
+    kind: Annotated[PluginKind, typer.Argument(help="shimlet (an environment) or pipeline (a deploy flow).")],
+    name: Annotated[str, typer.Argument(help="The plugin's name, as configs and requests name it (e.g. docker).")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to write the project; new or empty [default: ./NAME].")
+    ] = None,
+    package: Annotated[
+        str | None, typer.Option(help="Python package name [default: NAME_shimlet or NAME_pipeline].")
+    ] = None,
+    extends: Annotated[
+        str | None, typer.Option(help="Pipelines: extend this built-in pipeline (opensourcellm) with one more step.")
+    ] = None,
+) -> None:
+    """Write the skeleton of a plugin project: package, entry point, contract tests, docs page."""
+    from modserv_shim.scaffold import ScaffoldError, generate, names_for, report
+
+    target = directory if directory is not None else Path.cwd() / name
+    try:
+        names = names_for(kind.value, name, package, extends)
+        written = generate(names.kind, name, target, package=names.package, extends=extends)
+    except ScaffoldError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(report(names, target, written))
 
 
 def main() -> None:
