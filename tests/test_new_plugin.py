@@ -301,6 +301,7 @@ def test_new_plugin_refuses_what_it_must(tmp_path: Path) -> None:
         (["pipeline", "x" * 64], "is not a plugin name"),
         (["shimlet", "docker", "--extends", "opensourcellm"], "--extends is for pipelines"),
         (["pipeline", "mine", "--extends", "nope"], "can extend opensourcellm, not 'nope'"),
+        (["shimlet", "k8s"], "'k8s' is the name of a built-in shimlet"),
         (["pipeline", "mine", "--package", "not-a-package"], "is not a Python package name"),
         (["pipeline", "mine", "--package", "json"], "is taken"),
         (["widget", "mine"], "'widget' is not one of"),

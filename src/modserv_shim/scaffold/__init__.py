@@ -132,6 +132,11 @@ def names_for(kind: Kind, name: str, package: str | None = None, extends: str | 
     if kind not in KINDS:
         raise ScaffoldError(f"a plugin is a shimlet or a pipeline, not {kind!r}")
     check_name(name)
+    from modserv_shim.builtins import BUILTINS
+
+    if name in BUILTINS[kind]:
+        raise ScaffoldError(f"{name!r} is the name of a built-in {kind}; the server would refuse a plugin that"
+                            " takes it: choose another name")
     if extends is not None:
         if kind != "pipeline":
             raise ScaffoldError("--extends is for pipelines: a shimlet starts from the kit's ShimletBase")
