@@ -211,3 +211,17 @@ def test_banner_for_ipv6_loopback(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
     assert re.search(r" listening on http://\[::1\]:\d+ \(shimlet=local, pipeline=opensourcellm", banner), banner
+
+
+def test_a_step_override_naming_no_step_stops_the_start(tmp_path: Path) -> None:
+    """A typo in a step name used to be ignored silently: the operator believed the timeout applied."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipelines:\n  opensourcellm:\n    steps:\n      health-chek:\n        timeout: 30\n")
+    r = run_cli(f"--config={cfg}", "--port=0", f"--data-dir={tmp_path / 'data'}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "health-chek" in r.stderr
+    for step in ("model-validation", "config-rendering", "resource-deployment", "health-check"):
+        assert step in r.stderr
+    env = {"MODSERV_PIPELINES__OPENSOURCELLM__STEPS__HEALTH_CHEK__TIMEOUT": "30"}
+    r = run_cli("--port=0", f"--data-dir={tmp_path / 'data'}", env=env)
+    assert r.returncode == 2 and "health-chek" in r.stderr

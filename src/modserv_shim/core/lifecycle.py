@@ -8,7 +8,7 @@
     failed -> (retry) the phase of the failed step
 
 The phase while a pipeline runs follows the step in flight (each step
-declares it).  Only :meth:`modserv_shim.core.manager.ServiceManager._transition`
+declares it).  Only :meth:`modserv_shim.core.states.ServiceStates.transition`
 changes a state; it consults :func:`check_transition` first.
 """
 

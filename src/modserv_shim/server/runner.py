@@ -39,10 +39,12 @@ def build_registry(settings: Settings) -> Registry:
             },
             server_settings={"host": settings.host, "port": settings.port},
             policy=request_policy(settings),
+            step_overrides=step_overrides(settings),
         )
     )
     registry.register_builtins(BUILTINS)
     registry.discover_entry_points()
+    registry.check_step_overrides()  # a step override naming no step stops the start, with the steps there are
     return registry
 
 
