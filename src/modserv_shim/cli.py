@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -34,6 +35,9 @@ from modserv_shim import __version__
 from modserv_shim.config import Settings
 from modserv_shim.errors import ShimError
 from modserv_shim.server.auth import TokenTable, is_loopback
+
+if TYPE_CHECKING:
+    from modserv_shim.core.registry import Registry
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None,  # [default: ...] in a help text is text
                   help="ModelServeShim: deploy open-source LLMs as OpenAI-compatible services.")
@@ -110,37 +114,65 @@ def main_command(
     ] = False,
 ) -> None:
     """Start the ModelServeShim server (without a command), or run a command."""
+    flags = {"port": port, "host": host, "shimlet": shimlet, "pipeline": pipeline, "data_dir": data_dir,
+             "database_url": database_url, "tokens_file": tokens_file, "plugin_dir": plugin_dir,
+             "log_level": log_level, "log_format": log_format, "tls_certfile": tls_certfile,
+             "tls_keyfile": tls_keyfile}
     if ctx.invoked_subcommand is not None:
-        server_flags = {"--port": port, "--host": host, "--shimlet": shimlet, "--pipeline": pipeline,
-                        "--data-dir": data_dir, "--config": config, "--database-url": database_url,
-                        "--tokens-file": tokens_file, "--plugin-dir": plugin_dir, "--log-level": log_level,
-                        "--log-format": log_format, "--tls-certfile": tls_certfile, "--tls-keyfile": tls_keyfile}
-        given = [flag for flag, value in server_flags.items() if value is not None]
+        given = [f"--{key.replace('_', '-')}" for key, value in {"config": config, **flags}.items()
+                 if value is not None]
         if given:
             raise fail(f"{', '.join(given)}: server options go without a command (not with {ctx.invoked_subcommand})")
         return
-    from modserv_shim import logs
-    from modserv_shim.server.runner import TLSConfigError, build, build_registry, check_tls, serve
+    run_server(config, flags)
 
+
+def run_server(config: Path | None, flags: Mapping[str, object]) -> None:
+    """Load the settings, check everything a start needs (each failure: one line, exit 2), then serve."""
+    from modserv_shim import logs
+    from modserv_shim.server.runner import build, serve
+
+    settings = _settings(config, flags)
+    logs.configure(settings.log_level, settings.log_format)
+    registry = _registry(settings)
+    tls = _check_access(settings)
     try:
-        settings = Settings.load(
-            config, port=port, host=host, shimlet=shimlet, pipeline=pipeline, data_dir=data_dir,
-            database_url=database_url, tokens_file=tokens_file, plugin_dir=plugin_dir,
-            log_level=log_level, log_format=log_format, tls_certfile=tls_certfile, tls_keyfile=tls_keyfile,
-        )
+        server = build(settings, registry)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise fail(f"cannot prepare the server's directories:{where}: {exc.strerror or exc}") from None
+    typer.echo(f"{version_text()} listening on {listen_url(settings.host, settings.port, tls=tls)}"
+               f" (shimlet={settings.shimlet}, pipeline={settings.pipeline}, data={settings.data_dir})", err=True)
+    serve(server)
+
+
+def _settings(config: Path | None, flags: Mapping[str, object]) -> Settings:
+    try:
+        return Settings.load(config, **flags)
     except ValidationError as exc:
         raise fail(f"bad configuration: {describe(exc)}") from None
     except (ValueError, OSError) as exc:  # ConfigFileError, pydantic-settings' SettingsError
         raise fail(f"bad configuration: {exc}") from None
-    logs.configure(settings.log_level, settings.log_format)
+
+
+def _registry(settings: Settings) -> Registry:
+    from modserv_shim.server.runner import build_registry
+
     try:
         registry = build_registry(settings)
-    except ShimError as exc:  # e.g. an allowed_env entry that is not a variable name
+    except ShimError as exc:  # an allowed_env entry that is not a variable name, a step override naming no step
         raise fail(f"bad configuration: {exc}") from None
     for kind, name in (("shimlet", settings.shimlet), ("pipeline", settings.pipeline)):
         if not registry.has(kind, name):  # type: ignore[arg-type]
             available = ", ".join(registry.names(kind))  # type: ignore[arg-type]
             raise fail(f"unknown {kind} {name!r}; available: {available}")
+    return registry
+
+
+def _check_access(settings: Settings) -> bool:
+    """API tokens (required off loopback) and TLS files; True when the API is served over HTTPS."""
+    from modserv_shim.server.runner import TLSConfigError, check_tls
+
     try:
         tokens = TokenTable.load(settings.tokens_file, settings.tokens)
     except (ShimError, ValueError, OSError) as exc:
@@ -150,20 +182,13 @@ def main_command(
             f"refusing to listen on {settings.host} without API tokens: configure --tokens-file or"
             " MODSERV_TOKENS, or listen on 127.0.0.1"
         )
-    tls = settings.tls_certfile is not None and settings.tls_keyfile is not None
-    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
-        try:
-            check_tls(settings.tls_certfile, settings.tls_keyfile)
-        except TLSConfigError as exc:
-            raise fail(str(exc)) from None
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return False
     try:
-        server = build(settings, registry)
-    except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        raise fail(f"cannot prepare the server's directories:{where}: {exc.strerror or exc}") from None
-    typer.echo(f"{version_text()} listening on {listen_url(settings.host, settings.port, tls=tls)}"
-               f" (shimlet={settings.shimlet}, pipeline={settings.pipeline}, data={settings.data_dir})", err=True)
-    serve(server)
+        check_tls(settings.tls_certfile, settings.tls_keyfile)
+    except TLSConfigError as exc:
+        raise fail(str(exc)) from None
+    return True
 
 
 class PluginKind(StrEnum):
