@@ -17,8 +17,8 @@ import uvicorn
 from modserv_shim.config import Settings
 from modserv_shim.core.registry import Registry
 from modserv_shim.server.runner import Server, build, build_registry
-from tests.doubles.fake_pipeline import FakePipeline
-from tests.doubles.fake_shimlet import FakeShimlet
+from modserv_shim.testing.fake_pipeline import FakePipeline
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,12 +19,13 @@ from typing import Any
 
 import httpx
 
+import modserv_shim.testing
 from modserv_shim.server.auth import Role
 from tests.conftest import Live, wait_for
 from tests.test_api_flows import DEPLOY
 from tests.test_auth import ADMIN, OPER, VIEW, bearer, token_settings
 
-DOUBLES = Path(__file__).parent / "doubles"
+DOUBLES = Path(modserv_shim.testing.__file__).parent  # fake_shimlet.py, fake_pipeline.py: hot-loaded as files
 
 # Who calls: (label, Authorization header or None, role the server gives that token or None).
 CALLERS: list[tuple[str, str | None, Role | None]] = [

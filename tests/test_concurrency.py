@@ -19,9 +19,9 @@ import httpx
 
 from modserv_shim.core.lifecycle import State, can_transition
 from modserv_shim.server.runner import build_registry
+from modserv_shim.testing.fake_pipeline import FakePipeline
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 from tests.conftest import Live, fake_settings, serve, wait_for
-from tests.doubles.fake_pipeline import FakePipeline
-from tests.doubles.fake_shimlet import FakeShimlet
 from tests.test_api_flows import DEPLOY
 
 DEPLOYS = int(os.environ.get("MODSERV_CONCURRENCY_DEPLOYS", "200"))

@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+import modserv_shim.testing
 from tests.conftest import free_port
 from tests.helpers.shim_process import stop_process
 from tests.test_api_flows import DEPLOY
 
-DOUBLES = Path(__file__).parent / "doubles"
+DOUBLES = Path(modserv_shim.testing.__file__).parent  # fake_shimlet.py, fake_pipeline.py: hot-loaded as files
 
 
 class ServerProcess:

@@ -22,7 +22,7 @@ from modserv_shim.core.records import ServiceRecord
 from modserv_shim.errors import PermanentStepError, StepError
 from modserv_shim.plugins import Phase, PluginContext, RetryPolicy, StepContext, StepSpec
 from modserv_shim.spec import DeploySpec
-from tests.doubles.fake_shimlet import FakeShimlet
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 
 
 class RecordingClock:

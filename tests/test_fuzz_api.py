@@ -98,8 +98,8 @@ import json, sys
 from modserv_shim import logs
 from modserv_shim.config import Settings
 from modserv_shim.server.runner import build, build_registry, serve
-from tests.doubles.fake_pipeline import FakePipeline
-from tests.doubles.fake_shimlet import FakeShimlet
+from modserv_shim.testing.fake_pipeline import FakePipeline
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 
 settings = Settings.load(None, **json.loads(sys.argv[1]))
 logs.configure(settings.log_level, settings.log_format)

@@ -27,9 +27,9 @@ from modserv_shim.plugins import (
 )
 from modserv_shim.server.runner import build, build_registry
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.fake_pipeline import FakePipeline
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 from tests.conftest import Live, fake_settings, wait_for
-from tests.doubles.fake_pipeline import FakePipeline
-from tests.doubles.fake_shimlet import FakeShimlet
 from tests.test_api_flows import DEPLOY
 
 # --------------------------------------------------------------------------------------------- test doubles

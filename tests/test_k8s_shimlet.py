@@ -36,7 +36,7 @@ from modserv_shim.runtimes import LaunchParams, LlamaCppRuntime, VllmRuntime
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import INSTANCE, workload_name
 from modserv_shim.spec import DeploySpec
-from tests.contract.shimlet_contract import ContextFactory, ShimletContract, phase_is, wait_for_status
+from modserv_shim.testing.shimlet_contract import ContextFactory, ShimletContract, phase_is, wait_for_status
 from tests.k8s_sim import NodeSpec, Sim, run_sim
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}

@@ -97,7 +97,7 @@ async def test_two_first_uses_at_once_start_one_instance(tmp_path: Path) -> None
     """Two deploys arriving together on a fresh server must share one shimlet, not start two."""
     import asyncio
 
-    from tests.doubles.fake_shimlet import FakeShimlet
+    from modserv_shim.testing.fake_shimlet import FakeShimlet
 
     started: list[object] = []
 

@@ -37,7 +37,7 @@ from modserv_shim.plugins import (
 )
 from modserv_shim.shimlets.local import LocalShimlet
 from modserv_shim.spec import DeploySpec
-from tests.contract.shimlet_contract import ShimletContract, phase_is, wait_for_status
+from modserv_shim.testing.shimlet_contract import ShimletContract, phase_is, wait_for_status
 from tests.helpers.fake_openai_server import PATH as FAKE_SERVER
 
 FAST: dict[str, Any] = {

@@ -15,8 +15,8 @@ from modserv_shim.kit.pipeline import DeclaredPipeline, Output, step
 from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
 from modserv_shim.plugins import DeployContext, LaunchSpec, Phase, PluginContext, StepContext
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 from modserv_shim.testing.pipeline_contract import PipelineContract, ServiceState
-from tests.doubles.fake_shimlet import FakeShimlet
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 
 

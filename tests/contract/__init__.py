@@ -1,1 +1,0 @@
-"""Contract tests shared by every shimlet (see ``shimlet_contract``)."""
