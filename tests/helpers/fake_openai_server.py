@@ -13,21 +13,22 @@ library only, runnable as a script::
         [--spawn-worker]         # start a child process, as vLLM's workers (tests group kill)
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
-(echoes the last user message).
+(answers ``fake reply to: <the last user message>``); the handler is
+:mod:`modserv_shim.testing.openai_stub`'s, the options above are this file's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
+
+from modserv_shim.testing.openai_stub import make_handler
 
 PATH = os.path.abspath(__file__)
 
@@ -46,66 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_handler(model: str, ready_at: float) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # one line per request on stdout
-            print(f"fake-openai-server: {self.command} {self.path} -> {args[1] if len(args) > 1 else ''}")
-
-        def _json(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _ready(self) -> bool:
-            if time.monotonic() >= ready_at:
-                return True
-            self._json(503, {"error": {"message": "loading model"}})
-            return False
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                if self._ready():
-                    self._json(200, {"status": "ok"})
-            elif self.path == "/v1/models":
-                if self._ready():
-                    model_card = {"id": model, "object": "model", "owned_by": "fake-openai-server"}
-                    self._json(200, {"object": "list", "data": [model_card]})
-            else:
-                self._json(404, {"error": {"message": f"no route {self.path}"}})
-
-        def do_POST(self) -> None:
-            if self.path != "/v1/chat/completions":
-                self._json(404, {"error": {"message": f"no route {self.path}"}})
-                return
-            if not self._ready():
-                return
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-            users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
-            last = users[-1] if users else ""
-            self._json(
-                200,
-                {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", model),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": f"fake reply to: {last}"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                },
-            )
-
-    return Handler
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(f"fake-openai-server: loading model {args.model_name}", flush=True)
@@ -119,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("fake-openai-server: ignoring SIGTERM", flush=True)
     ready_at = time.monotonic() + args.ready_delay
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(args.model_name, ready_at))
+    handler = make_handler(args.model_name, ready_at, log_name="fake-openai-server", reply_prefix="fake reply to: ")
+    server = ThreadingHTTPServer((args.host, args.port), handler)
     if args.crash_after is not None:
 
         def crash() -> None:

@@ -29,11 +29,19 @@ from types import TracebackType
 from typing import Any
 
 
-def _handler(model_name: str, ready_at: float, quiet: bool) -> type[BaseHTTPRequestHandler]:
+def make_handler(model_name: str, ready_at: float, *, quiet: bool = False, log_name: str = "openai-stub",
+                 reply_prefix: str = "") -> type[BaseHTTPRequestHandler]:
+    """The request handler: answers 503 until ``ready_at`` (``time.monotonic()``), then serves ``model_name``.
+
+    Chat completions answer ``reply_prefix`` + the last user message.  Unless ``quiet``, each request
+    is one line on stdout, ``<log_name>: GET /v1/models -> 200`` (what a shimlet's ``logs()`` shows).
+    """
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
-            if not quiet:  # one line per request on stdout: what a shimlet's logs() shows
-                print(f"openai-stub: {self.command} {self.path}", flush=True)
+            if not quiet:
+                status = f" -> {args[1]}" if format.startswith('"%s" %s') and len(args) > 1 else ""
+                print(f"{log_name}: {self.command} {self.path}{status}", flush=True)
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -77,7 +85,7 @@ def _handler(model_name: str, ready_at: float, quiet: bool) -> type[BaseHTTPRequ
                 "created": int(time.time()),
                 "model": model_name,
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": str(last)}}],
+                             "message": {"role": "assistant", "content": reply_prefix + str(last)}}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             })
 
@@ -94,7 +102,7 @@ class OpenAIStub:
                  ready_delay: float = 0.0, quiet: bool = True) -> None:
         self.model_name = model_name
         ready_at = time.monotonic() + ready_delay
-        self._server = ThreadingHTTPServer((host, port), _handler(model_name, ready_at, quiet))
+        self._server = ThreadingHTTPServer((host, port), make_handler(model_name, ready_at, quiet=quiet))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
