@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from modserv_shim.runtimes import LaunchParams, LlamaCppRuntime, VllmRuntime
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import INSTANCE, workload_name
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.openai_stub import OpenAIStub
 from modserv_shim.testing.shimlet_contract import ContextFactory, ShimletContract, phase_is, wait_for_status
 from tests.k8s_sim import NodeSpec, Sim, run_sim
 
@@ -104,50 +103,11 @@ def pods_of(sim: Sim, rid: str) -> list[dict[str, Any]]:
     return sim.list("Pod", "default", f"{INSTANCE}={workload_name(rid)}")
 
 
-class _OpenAIBackend(BaseHTTPRequestHandler):
-    """Stands in for the model server behind the service proxy: /v1/models and a one-token completion."""
-
-    model = "tiny"
-
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-        if self.path == "/v1/completions":
-            self._send(200, {"object": "text_completion", "model": body.get("model"),
-                             "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @contextmanager
 def openai_backend(model: str = "tiny") -> Iterator[str]:
     """A tiny OpenAI-shaped HTTP server on a free port (the target of ``Sim.set_service_backend``)."""
-    handler = type("OpenAIBackend", (_OpenAIBackend,), {"model": model})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with OpenAIStub(model) as stub:
+        yield stub.url
 
 
 @pytest.fixture
@@ -357,7 +317,7 @@ async def test_requests_reach_the_service_through_the_api_server_proxy(sim: Sim,
         assert code == 200 and body["data"][0]["id"] == "tiny"
         code, body = await shimlet.request(rid, "POST", "/v1/completions",
                                            {"model": "tiny", "prompt": "Hello", "max_tokens": 1})
-        assert code == 200 and body["choices"][0]["text"] == " world"
+        assert code == 200 and body["choices"][0]["text"] == "Hello"  # the stub echoes: the body went through
     assert sim.request_count(path_contains="/services/tiny-proxy:http/proxy/v1/models") == 1
 
 

@@ -12,8 +12,9 @@ milliseconds where a real model server needs seconds.  Standard library only.
 
       python -m modserv_shim.testing.openai_stub --host 127.0.0.1 --port 8123 --model-name tiny
 
-Endpoints: ``GET /health``, ``GET /v1/models`` (lists ``model_name``) and
-``POST /v1/chat/completions`` (echoes the last user message).  Until
+Endpoints: ``GET /health``, ``GET /v1/models`` (lists ``model_name``),
+``POST /v1/chat/completions`` (echoes the last user message) and ``POST /v1/completions``
+(echoes the prompt: what the default pipeline's health check asks).  Until
 ``ready_delay`` seconds have passed, ``/health`` and ``/v1/models`` answer 503,
 as a server that is still loading its model does.
 """
@@ -69,27 +70,35 @@ def make_handler(model_name: str, ready_at: float, *, quiet: bool = False, log_n
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_POST(self) -> None:
-            if self.path != "/v1/chat/completions":
+            if self.path not in ("/v1/chat/completions", "/v1/completions"):
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            if not self._ready():
                 return
             length = int(self.headers.get("Content-Length") or 0)
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
-                last = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+                if self.path == "/v1/completions":
+                    text = str(body.get("prompt", ""))
+                else:
+                    text = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
+                                "")
             except (ValueError, TypeError, KeyError, AttributeError):
-                self._json(400, {"error": {"message": "the body must be a JSON chat completion request"}})
+                self._json(400, {"error": {"message": "the body must be a JSON completion request"}})
                 return
-            self._json(200, {
-                "id": "chatcmpl-stub",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply_prefix + str(last)}}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            })
+            self._json(200, _completion(self.path, model_name, reply_prefix + str(text)))
 
     return Handler
+
+
+def _completion(path: str, model_name: str, text: str) -> dict[str, Any]:
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if path == "/v1/completions":
+        return {"id": "cmpl-stub", "object": "text_completion", "created": int(time.time()), "model": model_name,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage}
+    return {"id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model_name,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": usage}
 
 
 class OpenAIStub:
