@@ -7,6 +7,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from modserv_shim.scaffold import Names
 
+# options.py of a plugin of its own ($typing_names: what its option annotations use from typing).
+OPTIONS_PY = '''\
+"""Options of the $name $kind: ``${kind}s.$name.options`` in the server's config file.
+
+One ``Field(..., description=...)`` per key.  ``docs/$name.md`` shows the table
+``${options_cls}.markdown_table()`` renders (``tests/test_docs.py`` keeps the two the same).
+Unknown keys and wrong types are refused with a sentence that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import $typing_names
+
+from modserv_shim.kit import PluginOptions
+from pydantic import Field
+
+
+class ${options_cls}(PluginOptions):
+    label: ClassVar[str] = "$label"
+
+$option_lines
+'''
+
 PYPROJECT = '''\
 [build-system]
 requires = ["setuptools>=64"]

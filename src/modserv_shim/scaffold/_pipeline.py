@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from modserv_shim.scaffold import OptionSpec, OutputSpec, options_table, outputs_table
+from modserv_shim.scaffold import OptionSpec, OutputSpec, _common, options_table, outputs_table
 
 if TYPE_CHECKING:
     from modserv_shim.scaffold import Names
@@ -29,27 +29,6 @@ OUTPUTS: tuple[OutputSpec, ...] = (
     OutputSpec("endpoint", "the OpenAI endpoint of the ready service", (str, type(None))),
 )
 
-OPTIONS_PY = '''\
-"""Options of the $name pipeline: ``pipelines.$name.options`` in the server's config file.
-
-One ``Field(..., description=...)`` per key.  ``docs/$name.md`` shows the table
-``${options_cls}.markdown_table()`` renders (``tests/test_docs.py`` keeps the two the same).
-Unknown keys and wrong types are refused with a sentence that names the key.
-"""
-
-from __future__ import annotations
-
-from typing import ClassVar, Literal
-
-from modserv_shim.kit import PluginOptions
-from pydantic import Field
-
-
-class ${options_cls}(PluginOptions):
-    label: ClassVar[str] = "$label"
-
-$option_lines
-'''
 
 OUTPUTS_PY = '''\
 """The outputs of the $name pipeline: what its steps write and later steps read.
@@ -549,7 +528,7 @@ def files(names: Names) -> dict[str, str]:
     ext = names.extends is not None
     return {
         "src/$package/__init__.py": INIT,
-        "src/$package/options.py": EXT_OPTIONS_PY if ext else OPTIONS_PY,
+        "src/$package/options.py": EXT_OPTIONS_PY if ext else _common.OPTIONS_PY,
         "src/$package/outputs.py": EXT_OUTPUTS_PY if ext else OUTPUTS_PY,
         "src/$package/pipeline.py": EXT_PIPELINE_PY if ext else PIPELINE_PY,
         "tests/test_contract.py": EXT_TEST_CONTRACT if ext else TEST_CONTRACT,
@@ -566,6 +545,7 @@ def values(names: Names) -> dict[str, str]:
         "option_lines": "\n".join(o.source() for o in options),
         "options_table": options_table(options, names.extends),
         "outputs_table": outputs_table(outputs),
+        "typing_names": "ClassVar, Literal",
         "steps_text": EXT_STEPS if ext else STEPS,
         "ext_todo": ", and the test's `deploy_spec` (a small GGUF model file the contract deploys)" if ext else "",
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from modserv_shim.scaffold import OptionSpec, options_table
+from modserv_shim.scaffold import OptionSpec, _common, options_table
 
 if TYPE_CHECKING:
     from modserv_shim.scaffold import Names
@@ -29,27 +29,6 @@ from $package.shimlet import ${cls}
 __all__ = ["${options_cls}", "${cls}"]
 '''
 
-OPTIONS_PY = '''\
-"""Options of the $name shimlet: ``shimlets.$name.options`` in the server's config file.
-
-One ``Field(..., description=...)`` per key.  ``docs/$name.md`` shows the table
-``${options_cls}.markdown_table()`` renders (``tests/test_docs.py`` keeps the two the same).
-Unknown keys and wrong types are refused with a sentence that names the key.
-"""
-
-from __future__ import annotations
-
-from typing import ClassVar
-
-from modserv_shim.kit import PluginOptions
-from pydantic import Field
-
-
-class ${options_cls}(PluginOptions):
-    label: ClassVar[str] = "$label"
-
-$option_lines
-'''
 
 RENDER_PY = '''\
 """What a $name workload looks like, without creating anything.
@@ -438,7 +417,7 @@ look at a workload) and `_remove` (delete, idempotently). Everything else works 
 def files(names: Names) -> dict[str, str]:
     return {
         "src/$package/__init__.py": INIT,
-        "src/$package/options.py": OPTIONS_PY,
+        "src/$package/options.py": _common.OPTIONS_PY,
         "src/$package/render.py": RENDER_PY,
         "src/$package/status.py": STATUS_PY,
         "src/$package/shimlet.py": SHIMLET_PY,
@@ -451,4 +430,4 @@ def files(names: Names) -> dict[str, str]:
 
 def values(names: Names) -> dict[str, str]:
     return {"option_lines": "\n".join(o.source() for o in OPTIONS),
-            "options_table": options_table(OPTIONS)}
+            "options_table": options_table(OPTIONS), "typing_names": "ClassVar"}
