@@ -21,6 +21,12 @@ def _k8s(ctx: PluginContext) -> Any:
     return K8sShimlet(ctx)
 
 
+def _docker(ctx: PluginContext) -> Any:
+    from modserv_shim.shimlets.docker import DockerShimlet
+
+    return DockerShimlet(ctx)
+
+
 def _opensourcellm(ctx: PluginContext) -> Any:
     from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
 
@@ -28,6 +34,6 @@ def _opensourcellm(ctx: PluginContext) -> Any:
 
 
 BUILTINS: Mapping[Kind, Mapping[str, Callable[[PluginContext], Any]]] = {
-    "shimlet": {"local": _local, "k8s": _k8s},
+    "shimlet": {"local": _local, "k8s": _k8s, "docker": _docker},
     "pipeline": {"opensourcellm": _opensourcellm},
 }

@@ -1,0 +1,223 @@
+"""Each replica's story between events: is it ready, and what to do when its container dies.
+
+The cache (:mod:`.watcher`) says what the Engine knows: running or not, since when,
+how it ended.  What the Engine does not know lives here, in memory, per container name:
+
+* **ready** -- the server answered its ready path with a 200 during *this run* of the
+  container (a run is identified by ``State.StartedAt``); a new run is probed again.
+  A run that is not ready after the startup timeout is stopped, which counts as an exit.
+* **the shim's restart rule** (restart policy ``no``, the default), the same as the local
+  shimlet's: a dead container is started again after 1 s, 2 s, 4 s ... (capped at
+  ``restart_backoff_max``); ``max_start_failures`` exits in a row before ever being
+  ready and the replica gives up (its service is FAILED, the container is kept for its
+  logs).  Each exit is counted once (by ``State.FinishedAt``).
+* with a Docker restart policy the Engine restarts the container; the shim only probes,
+  and a replica whose ``RestartCount`` reached ``max_start_failures`` without ever being
+  ready is a restart loop.
+
+Everything is driven by :meth:`Keeper.observe`, called with a service's containers after
+every change of the cache; it starts at most one task per replica (a probe, or the wait
+before a restart) and never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from modserv_shim.shimlets.docker import reasons
+from modserv_shim.shimlets.docker.engine import Engine, EngineError
+from modserv_shim.shimlets.docker.options import DockerOptions
+from modserv_shim.shimlets.docker.render import PORT, READY_PATH, STARTUP_TIMEOUT, endpoint
+from modserv_shim.shimlets.docker.watcher import replica_of, service_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+NEVER = "0001-01-01T00:00:00Z"
+
+
+def started_at(doc: Obj) -> str:
+    return str(reasons.state(doc).get("StartedAt") or "")
+
+
+def running(doc: Obj) -> bool:
+    st = reasons.state(doc)
+    return bool(st.get("Running")) and not st.get("Restarting")
+
+
+def unix_time(stamp: str) -> float | None:
+    """Docker's RFC 3339 time with nanoseconds, as seconds since the epoch."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(head + "+00:00").timestamp() + float(f"0.{frac or 0}")
+    except ValueError:
+        return None
+
+
+@dataclass
+class Memory:
+    """What the shim remembers about one replica container (lost on a restart of the shim)."""
+
+    index: int
+    ready_run: str | None = None  # StartedAt of the run that answered its ready path
+    probing_run: str | None = None
+    handled_exit: str | None = None  # FinishedAt of the last exit counted
+    early_exits: int = 0  # exits in a row before being ready
+    streak: int = 0  # exits in a row: the exponent of the back-off
+    restarts: int = 0
+    problem: str | None = None
+    failure: str | None = None  # it gave up: the service is FAILED
+    last_lines: tuple[str, ...] = ()
+    adopted: bool = False  # found running at start, not probed yet
+    stopping: bool = False
+    timed_out: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def is_ready(self, doc: Obj) -> bool:
+        return running(doc) and self.ready_run == started_at(doc)
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.task = None
+
+
+class Keeper:
+    """Probes and restarts replicas per the rule above.  ``changed(service_id)`` re-summarizes a service."""
+
+    def __init__(self, engine: Engine, options: DockerOptions, http: httpx.AsyncClient,
+                 changed: Callable[[str], None], refresh: Callable[[str], Any]) -> None:
+        self._engine = engine
+        self._options = options
+        self._http = http
+        self._changed = changed
+        self._refresh = refresh  # re-inspect one container now (a coroutine function)
+        self._memory: dict[str, Memory] = {}
+
+    def memory(self, doc: Obj) -> Memory:
+        name = str(doc.get("Name") or "").lstrip("/")
+        if name not in self._memory:
+            self._memory[name] = Memory(replica_of(doc))
+        return self._memory[name]
+
+    def adopt(self, docs: Iterable[Obj]) -> None:
+        """Containers found at start: running ones are UNKNOWN until their first probe."""
+        for doc in docs:
+            self.memory(doc).adopted = running(doc)
+
+    def forget(self, name: str) -> None:
+        mem = self._memory.pop(name, None)
+        if mem is not None:
+            mem.cancel()
+
+    def stopping(self, name: str) -> None:
+        """We stop this container on purpose: no restart, no verdict."""
+        mem = self._memory.setdefault(name, Memory(0))
+        mem.stopping = True
+        mem.cancel()
+
+    def retry(self, docs: Iterable[Obj]) -> None:
+        """A new ``create`` of a failed service: every replica starts over."""
+        for doc in docs:
+            mem = self.memory(doc)
+            mem.cancel()
+            mem.failure = mem.problem = None
+            mem.early_exits = mem.streak = 0
+
+    def close(self) -> None:
+        for mem in self._memory.values():
+            mem.cancel()
+
+    # ------------------------------------------------------------ the rule
+
+    def observe(self, docs: Iterable[Obj]) -> None:
+        for doc in docs:
+            mem = self.memory(doc)
+            if mem.stopping or mem.failure or (mem.task is not None and not mem.task.done()):
+                continue
+            st = reasons.state(doc)
+            if running(doc) and not mem.is_ready(doc) and mem.probing_run != started_at(doc):
+                mem.probing_run = started_at(doc)
+                mem.task = asyncio.create_task(self._probe(doc, mem))
+            elif not running(doc) and st.get("Status") in ("exited", "dead") and not st.get("Restarting"):
+                finished = str(st.get("FinishedAt") or NEVER)
+                if finished != mem.handled_exit and self._options.restart == "no":
+                    mem.handled_exit = finished
+                    mem.task = asyncio.create_task(self._after_exit(doc, mem))
+
+    async def _probe(self, doc: Obj, mem: Memory) -> None:
+        labels = (doc.get("Config") or {}).get("Labels") or {}
+        url = endpoint(self._options, labels.get(PORT, "0")) + ready_path(doc)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + startup_timeout(doc)
+        interval = self._options.probe_interval
+        while loop.time() < deadline:
+            try:
+                answer = await self._http.get(url, timeout=self._options.probe_timeout)
+                if answer.status_code == 200:
+                    mem.ready_run, mem.adopted, mem.early_exits, mem.problem = started_at(doc), False, 0, None
+                    self._changed(str(service_of(doc)))
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+        mem.timed_out = True
+        await self._engine.stop(str(doc["Id"]), self._options.stop_grace_period)
+
+    async def _after_exit(self, doc: Obj, mem: Memory) -> None:
+        container, sid = str(doc["Id"]), str(service_of(doc))
+        was_ready = mem.ready_run == started_at(doc)
+        what = f"replica {mem.index} {self._exit_words(doc, mem, was_ready)}"
+        try:
+            lines = await self._engine.logs(container, self._options.reason_log_lines,
+                                            since=unix_time(started_at(doc)))
+        except EngineError:
+            lines = []
+        mem.last_lines, mem.adopted = tuple(lines), False
+        if not was_ready:
+            mem.early_exits += 1
+            if mem.early_exits >= self._options.max_start_failures:
+                mem.failure = reasons.with_lines(
+                    f"{what} ({mem.early_exits} failed starts in a row); giving up", lines)
+                self._changed(sid)
+                return
+        mem.streak, mem.restarts = mem.streak + 1, mem.restarts + 1
+        delay = min(self._options.restart_backoff * 2.0 ** (mem.streak - 1), self._options.restart_backoff_max)
+        mem.problem = f"{what}; restarting in {delay:g} s (restart {mem.restarts})"
+        self._changed(sid)
+        await asyncio.sleep(delay)
+        try:
+            await self._engine.start(container)
+        except EngineError as exc:
+            mem.problem = reasons.refusal(exc.engine_message, image=str((doc.get("Config") or {}).get("Image")),
+                                          port=None, what=f"replica {mem.index} cannot be started again").text
+            self._changed(sid)
+        await self._refresh(container)
+
+    def _exit_words(self, doc: Obj, mem: Memory, was_ready: bool) -> str:
+        if mem.timed_out:
+            mem.timed_out = False
+            return f"was not ready after {startup_timeout(doc):g} s and was stopped"
+        return reasons.exit_text(doc) + ("" if was_ready else " before becoming ready")
+
+
+def ready_path(doc: Obj) -> str:
+    return str(((doc.get("Config") or {}).get("Labels") or {}).get(READY_PATH) or "/v1/models")
+
+
+def startup_timeout(doc: Obj) -> float:
+    value = ((doc.get("Config") or {}).get("Labels") or {}).get(STARTUP_TIMEOUT)
+    try:
+        return float(value) if value else 600.0
+    except ValueError:
+        return 600.0
