@@ -7,7 +7,8 @@ Two plugin kinds sit around the core:
   add optional capabilities, each a small Protocol checked with ``isinstance``
   (:data:`CAPABILITIES`): :class:`Scalable`, :class:`LogSource`, :class:`Watchable`,
   :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`, and
-  :class:`Lifecycle` (start/close).
+  :class:`Lifecycle` (start/close).  Two optional attributes describe what it runs:
+  ``launch_target`` (:func:`launch_target`) and ``programs`` (:func:`runtime_program`).
 * a **pipeline** is an ordered list of :class:`StepSpec` plus
   ``run_step(step, ctx)``; see :class:`Pipeline`.  Written by hand, or declared step by
   step with :class:`modserv_shim.kit.pipeline.DeclaredPipeline` (which also lets one
@@ -363,6 +364,30 @@ def launch_target(shimlet: object) -> str:
     """
     value = getattr(shimlet, "launch_target", "container")
     return "local" if value == "local" else "container"
+
+
+def runtime_program(shimlet: object, runtime: str) -> str | None:
+    """The server program the shimlet runs for ``runtime``, or None: the runtime's default.
+
+    Some runtimes have more than one program (llama.cpp: ``"llama-server"``, the
+    default in containers, and ``"llama-cpp-python"``), each with its own command,
+    flags and health path.  A shimlet whose image for a runtime runs another program
+    than the default says so with an attribute (or property) ``programs``: a mapping
+    of runtime name to program name, e.g. ``{"llama.cpp": "llama-cpp-python"}``.
+    Runtimes it does not list, and shimlets without it, get the runtime's default.
+    The pipeline renders the launch spec, and checks requests, for that program;
+    a name the runtime does not know is refused when the spec is rendered.
+    """
+    programs = getattr(shimlet, "programs", None)
+    if programs is None:
+        return None
+    if not isinstance(programs, Mapping):
+        raise TypeError(f"the {getattr(shimlet, 'name', type(shimlet).__name__)} shimlet's programs must map"
+                        f" runtime names to program names, not {type(programs).__name__}")
+    program = programs.get(runtime)
+    if program is not None and not isinstance(program, str):
+        raise TypeError(f"programs[{runtime!r}] must be a program name (a string), not {type(program).__name__}")
+    return program
 
 
 def shimlet_capabilities(obj: object) -> list[str]:

@@ -19,6 +19,14 @@ Two choices worth knowing:
   differ.  A spec's ``args`` belong to exactly one program, so a spec rendered
   for "local" with llama-cpp-python has no image (it must not be shipped to a
   container), and a spec rendered for "container" always matches its image.
+* ``program`` (optional, for ``render``, ``check_request``, ``arg_rules`` and
+  ``refused_args``) names the program that will run when the caller knows it
+  better than the runtime's default: a container shimlet whose image for
+  llama.cpp holds llama-cpp-python says so (``programs`` on the shimlet, read
+  with :func:`modserv_shim.plugins.runtime_program`), and the spec, the flags
+  and the allowlists are those of that program.  Each runtime lists the
+  programs it knows in :attr:`Runtime.programs`; any other name is refused.
+  ``None`` keeps the runtime's own choice (:meth:`Runtime.default_program`).
 """
 
 from __future__ import annotations
@@ -120,42 +128,69 @@ class Runtime(ABC):
     health_path: ClassVar[str] = "/health"
     base_env: ClassVar[Mapping[str, str]] = {}
     env_names: ClassVar[frozenset[str]] = frozenset()
-    """Variables this runtime is known to use, besides :data:`COMMON_ENV`."""
+    """Variables this runtime is known to use, besides :data:`COMMON_ENV` (whichever program runs)."""
+    programs: ClassVar[tuple[str, ...]]
+    """The server programs this runtime can run, by name; the first is the default in a container."""
 
     def __init__(self, image: str | None = None) -> None:
         self.image = image or self.default_image
+        self.image_given = image or None
+        """The image an operator pinned, if any (``image`` falls back to :attr:`default_image`)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(image={self.image!r})"
 
+    # The hooks below take ``program``: one of :attr:`programs`, or None for :meth:`default_program`.
+
     @abstractmethod
-    def local_command(self, *, target: Target) -> tuple[str, ...]:
+    def local_command(self, *, target: Target, program: str | None = None) -> tuple[str, ...]:
         """The program (and its leading arguments) that runs this server on this machine."""
 
     @abstractmethod
-    def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
+    def server_args(self, params: LaunchParams, *, target: Target, program: str | None = None) -> list[str]:
         """Our flags for ``params``, without the user's extra args."""
 
     @abstractmethod
-    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
-        """The flags a request's ``runtimeArgs`` may hold for the program ``target`` runs, with their values."""
+    def arg_rules(self, *, target: Target, program: str | None = None) -> Mapping[str, ArgRule]:
+        """The flags a request's ``runtimeArgs`` may hold for the program that runs, with their values."""
 
     @abstractmethod
-    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+    def refused_args(self, *, target: Target, program: str | None = None) -> Mapping[str, str]:
         """Flags never accepted, with the reason (we set them, or they change exposure or load code)."""
+
+    def default_program(self, *, target: Target) -> str:
+        """The program that runs when nobody names one: the first of :attr:`programs`."""
+        return self.programs[0]
+
+    def program(self, *, target: Target, program: str | None = None) -> str:
+        """The program that serves: ``program`` if given, else :meth:`default_program`.
+
+        Raises :class:`PermanentStepError` listing :attr:`programs` for a name this runtime does not know.
+        """
+        if program is None:
+            return self.default_program(target=target)
+        if program not in self.programs:
+            raise PermanentStepError(
+                f"unknown program {program!r} for runtime {self.name!r}; its programs are: {', '.join(self.programs)}")
+        return program
 
     def allowed_env(self) -> frozenset[str]:
         return COMMON_ENV | self.env_names
 
     def check_request(self, env: Mapping[str, str], args: Sequence[str], policy: RequestPolicy, *,
-                      target: Target) -> None:
+                      target: Target, program: str | None = None) -> None:
         """Raise :class:`~modserv_shim.errors.ValidationFailed` naming the first variable or argument
-        that is not allowed (see :mod:`modserv_shim.allowlist`)."""
+        that is not allowed (see :mod:`modserv_shim.allowlist`).  The flags checked are those of
+        ``program`` (see :meth:`program`); the admin's extra flags apply to every program of the runtime."""
+        chosen = self.program(target=target, program=program)
         reserved = {name: f"{name}={value}" for name, value in self.base_env.items()}
         check_env(env, allowed=self.allowed_env(), policy=policy, who=f"the {self.name} runtime",
                   reserved=reserved)
-        check_args(args, rules=self.arg_rules(target=target), refused=self.refused_args(target=target),
-                   admin_flags=policy.runtime_args.get(self.name, frozenset()), runtime=self.name)
+        # Name the program in refusals when it was chosen for us and the runtime has others.
+        who = f"{self.name} ({chosen})" if program is not None and len(self.programs) > 1 else self.name
+        check_args(args, rules=self.arg_rules(target=target, program=chosen),
+                   refused=self.refused_args(target=target, program=chosen),
+                   admin_flags=policy.runtime_args.get(self.name, frozenset()), runtime=who)
 
     def check_format(self, model_format: ModelFormat, model_path: str) -> None:
         """Raise :class:`PermanentStepError` when this runtime cannot serve ``model_format``."""
@@ -166,18 +201,19 @@ class Runtime(ABC):
         kinds = " or ".join(sorted(self.formats))
         return f"runtime {self.name!r} serves {kinds} models, but {model_path} is {model_format}"
 
-    def render(self, params: LaunchParams, *, target: Target) -> LaunchSpec:
-        """The launch spec for ``params``; see the module docstring for ``target``."""
+    def render(self, params: LaunchParams, *, target: Target, program: str | None = None) -> LaunchSpec:
+        """The launch spec for ``params``; see the module docstring for ``target`` and ``program``."""
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         # Checked here too, not only when the request is accepted: whatever builds a launch spec gets it.
-        self.check_request(params.env, params.extra_args, params.policy, target=target)
-        args = (*self.server_args(params, target=target), *params.extra_args)
+        self.check_request(params.env, params.extra_args, params.policy, target=target, program=program)
+        chosen = self.program(target=target, program=program)
+        args = (*self.server_args(params, target=target, program=chosen), *params.extra_args)
         return LaunchSpec(
             runtime=self.name,
             served_model_name=params.served_model_name,
             model_path=params.model_path,
-            local_command=self.local_command(target=target),
+            local_command=self.local_command(target=target, program=chosen),
             args=args,
             image=self.image,
             container_command=self.container_command,

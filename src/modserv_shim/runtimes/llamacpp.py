@@ -13,7 +13,13 @@ Two programs speak for llama.cpp:
   loads it before it starts listening).
 
 Their flags differ (``--alias`` vs ``--model_alias``, ``--ctx-size`` vs
-``--n_ctx``), hence the ``target`` argument of :meth:`Runtime.render`.
+``--n_ctx``), hence the ``target`` argument of :meth:`Runtime.render`: a
+container runs ``llama-server`` and a local process whichever is installed,
+unless the caller names the program (``program="llama-cpp-python"``), as a
+shimlet whose image holds llama-cpp-python does (``programs`` in
+:mod:`modserv_shim.plugins`).  Such a container is started with
+``python3 -m llama_cpp.server`` in the image the operator gives: the default
+image is llama-server's, so none is filled in (the shimlet supplies its own).
 ``dtype`` and ``gpu_memory_utilization`` do not apply: a GGUF file carries its
 own quantization and llama.cpp sizes its buffers from the context length.
 With accelerators, every layer is offloaded to the GPUs.
@@ -24,7 +30,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from modserv_shim.allowlist import FLAG, TOKEN, ArgRule, choice, integer, number
 from modserv_shim.plugins import LaunchSpec
@@ -42,8 +48,10 @@ from modserv_shim.runtimes.base import (
 )
 
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
-LLAMA_SERVER = "llama-server"
+LLAMA_SERVER: Final = "llama-server"  # the program's name, and its binary's
+LLAMA_CPP_PYTHON: Final = "llama-cpp-python"
 PYTHON_SERVER_MODULE = "llama_cpp.server"
+PYTHON_CONTAINER_COMMAND = ("python3", "-m", PYTHON_SERVER_MODULE)
 
 Flavour = Literal["llama-server", "llama-cpp-python"]
 
@@ -101,26 +109,31 @@ PYTHON_SERVER_REFUSED: Mapping[str, str] = refusing(
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
     formats: ClassVar[frozenset[ModelFormat]] = frozenset({"gguf"})
+    programs = (LLAMA_SERVER, LLAMA_CPP_PYTHON)
     default_image = LLAMACPP_IMAGE
     container_command = ("/app/llama-server",)
     ready_path = "/health"
     health_path = "/health"
     env_names = frozenset({"GGML_CUDA_ENABLE_UNIFIED_MEMORY", "GGML_CUDA_NO_PINNED", "GGML_SCHED_MAX_COPIES"})
 
-    def flavour(self, target: Target) -> Flavour:
-        """Which program serves: always ``llama-server`` in a container, locally if it is on PATH."""
+    def default_program(self, *, target: Target) -> str:
+        """``llama-server`` in a container (its image is the default); locally, if it is on PATH."""
         if target == "container" or shutil.which(LLAMA_SERVER):
-            return "llama-server"
-        return "llama-cpp-python"
+            return LLAMA_SERVER
+        return LLAMA_CPP_PYTHON
 
-    def local_command(self, *, target: Target) -> tuple[str, ...]:
-        if self.flavour(target) == "llama-server":
+    def flavour(self, target: Target, program: str | None = None) -> Flavour:
+        """Which program serves (see :meth:`program`)."""
+        return LLAMA_SERVER if self.program(target=target, program=program) == LLAMA_SERVER else LLAMA_CPP_PYTHON
+
+    def local_command(self, *, target: Target, program: str | None = None) -> tuple[str, ...]:
+        if self.flavour(target, program) == LLAMA_SERVER:
             return (shutil.which(LLAMA_SERVER) or LLAMA_SERVER,)
         return python_module(PYTHON_SERVER_MODULE)
 
-    def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
+    def server_args(self, params: LaunchParams, *, target: Target, program: str | None = None) -> list[str]:
         gpu = params.accelerator_count > 0
-        if self.flavour(target) == "llama-server":
+        if self.flavour(target, program) == LLAMA_SERVER:
             args = ["--model", params.model_path, "--alias", params.served_model_name]
             flag(args, "--ctx-size", params.context_length)
             if gpu:
@@ -133,18 +146,25 @@ class LlamaCppRuntime(Runtime):
         args += ["--host", HOST, "--port", PORT]
         return args
 
-    def render(self, params: LaunchParams, *, target: Target) -> LaunchSpec:
-        spec = super().render(params, target=target)
-        if self.flavour(target) == "llama-server":
+    def render(self, params: LaunchParams, *, target: Target, program: str | None = None) -> LaunchSpec:
+        chosen = self.flavour(target, program)
+        spec = super().render(params, target=target, program=program)
+        if chosen == LLAMA_SERVER:
             return spec
-        # llama-cpp-python flags: this spec must never reach the llama-server image.
-        return replace(spec, image="", container_command=(), ready_path="/v1/models", health_path="/v1/models")
+        python = replace(spec, ready_path="/v1/models", health_path="/v1/models")  # it has no /health
+        if target == "local":
+            # llama-cpp-python flags: this spec must never reach the llama-server image.
+            return replace(python, image="", container_command=())
+        # A container the shimlet says holds llama-cpp-python: never the default (llama-server) image.
+        # Without a pinned image it is left empty, for the shimlet to fill in from its own options
+        # (and to refuse, naming its option, when it has none).
+        return replace(python, image=self.image_given or "", container_command=PYTHON_CONTAINER_COMMAND)
 
-    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
-        return LLAMA_SERVER_ARGS if self.flavour(target) == "llama-server" else PYTHON_SERVER_ARGS
+    def arg_rules(self, *, target: Target, program: str | None = None) -> Mapping[str, ArgRule]:
+        return LLAMA_SERVER_ARGS if self.flavour(target, program) == LLAMA_SERVER else PYTHON_SERVER_ARGS
 
-    def refused_args(self, *, target: Target) -> Mapping[str, str]:
-        return LLAMA_SERVER_REFUSED if self.flavour(target) == "llama-server" else PYTHON_SERVER_REFUSED
+    def refused_args(self, *, target: Target, program: str | None = None) -> Mapping[str, str]:
+        return LLAMA_SERVER_REFUSED if self.flavour(target, program) == LLAMA_SERVER else PYTHON_SERVER_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:
         return (

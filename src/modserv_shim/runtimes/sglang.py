@@ -55,14 +55,15 @@ SGLANG_REFUSED: Mapping[str, str] = refusing(
 class SglangRuntime(Runtime):
     name = "sglang"
     formats: ClassVar[frozenset[ModelFormat]] = frozenset({"hf"})
+    programs = ("sglang",)
     default_image = SGLANG_IMAGE
     container_command = ("python3", "-m", SGLANG_MODULE)
     base_env = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 
-    def local_command(self, *, target: Target) -> tuple[str, ...]:
+    def local_command(self, *, target: Target, program: str | None = None) -> tuple[str, ...]:
         return python_module(SGLANG_MODULE)
 
-    def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
+    def server_args(self, params: LaunchParams, *, target: Target, program: str | None = None) -> list[str]:
         args = ["--model-path", params.model_path, "--served-model-name", params.served_model_name]
         if params.accelerator_count > 0:
             flag(args, "--tp", params.accelerator_count)
@@ -72,10 +73,10 @@ class SglangRuntime(Runtime):
         args += ["--host", HOST, "--port", PORT]
         return args
 
-    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+    def arg_rules(self, *, target: Target, program: str | None = None) -> Mapping[str, ArgRule]:
         return SGLANG_ARGS
 
-    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+    def refused_args(self, *, target: Target, program: str | None = None) -> Mapping[str, str]:
         return SGLANG_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:

@@ -68,6 +68,7 @@ VLLM_REFUSED: Mapping[str, str] = refusing(
 class VllmRuntime(Runtime):
     name = "vllm"
     formats: ClassVar[frozenset[ModelFormat]] = frozenset({"hf"})
+    programs = ("vllm",)
     default_image = VLLM_IMAGE
     container_command = ("python3", "-m", VLLM_MODULE)
     # The model is a local path: never reach out to the Hub, never phone home.
@@ -79,10 +80,10 @@ class VllmRuntime(Runtime):
                            "VLLM_ENGINE_ITERATION_TIMEOUT_S", "VLLM_RPC_TIMEOUT", "VLLM_SKIP_P2P_CHECK",
                            "PYTORCH_CUDA_ALLOC_CONF"})
 
-    def local_command(self, *, target: Target) -> tuple[str, ...]:
+    def local_command(self, *, target: Target, program: str | None = None) -> tuple[str, ...]:
         return python_module(VLLM_MODULE)
 
-    def server_args(self, params: LaunchParams, *, target: Target) -> list[str]:
+    def server_args(self, params: LaunchParams, *, target: Target, program: str | None = None) -> list[str]:
         args = ["--model", params.model_path, "--served-model-name", params.served_model_name]
         if params.accelerator_count > 0:
             flag(args, "--tensor-parallel-size", params.accelerator_count)
@@ -92,10 +93,10 @@ class VllmRuntime(Runtime):
         args += ["--host", HOST, "--port", PORT]
         return args
 
-    def arg_rules(self, *, target: Target) -> Mapping[str, ArgRule]:
+    def arg_rules(self, *, target: Target, program: str | None = None) -> Mapping[str, ArgRule]:
         return VLLM_ARGS
 
-    def refused_args(self, *, target: Target) -> Mapping[str, str]:
+    def refused_args(self, *, target: Target, program: str | None = None) -> Mapping[str, str]:
         return VLLM_REFUSED
 
     def format_error(self, model_format: ModelFormat, model_path: str) -> str:
