@@ -51,6 +51,7 @@ from modserv_shim.plugins import (
     Watchable,
     WorkloadRenderer,
     launch_target,
+    runtime_program,
 )
 from modserv_shim.runtimes import LaunchParams, Runtime, Target, get_runtime, is_vllm_installed, select_runtime
 from modserv_shim.spec import DeploySpec
@@ -120,13 +121,15 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
         With ``runtime: auto`` the runtime is known only once the model is read: a ``.gguf`` path
         means llama.cpp; anything else may be a GGUF file or a Hugging Face folder (vLLM), so the
         request passes if either runtime accepts it, and rendering checks again with the runtime
-        actually chosen.
+        actually chosen.  The flags are those of the program the shimlet runs for the runtime
+        (:func:`~modserv_shim.plugins.runtime_program`; llama.cpp has two).
         """
         target: Target = "local" if launch_target(shimlet) == "local" else "container"
         first: ValidationFailed | None = None
         for runtime in _candidates(spec):
             try:
-                runtime.check_request(spec.env, spec.runtimeArgs, self.policy, target=target)
+                runtime.check_request(spec.env, spec.runtimeArgs, self.policy, target=target,
+                                      program=_program(shimlet, runtime))
                 return
             except ValidationFailed as exc:
                 first = first or exc
@@ -225,11 +228,17 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
             startup_timeout=timeout,
             policy=self.policy,
         )
-        launch = runtime.render(params, target="local" if target == "local" else "container")
-        ctx.set_params(runtime=runtime.name, target=target, context_length=params.context_length)
+        program = _program(ctx.shimlet, runtime)
+        launch = runtime.render(params, target="local" if target == "local" else "container", program=program)
+        ctx.set_params(runtime=runtime.name, target=target, context_length=params.context_length,
+                       **({} if program is None else {"program": program}))
         LAUNCH.set(ctx, launch)
-        ctx.log(f"runtime {runtime.name} ({target}): {' '.join([*launch.local_command, *launch.args])}"
-                if target == "local" else f"runtime {runtime.name}: image {launch.image}, args {' '.join(launch.args)}")
+        name = runtime.name if program is None else f"{runtime.name} ({program})"
+        if target == "local":
+            ctx.log(f"runtime {name} ({target}): {' '.join([*launch.local_command, *launch.args])}")
+        else:  # an empty image: the shimlet fills in its own (one the runtime's default would not match)
+            image = launch.image or "(the shimlet's own)"
+            ctx.log(f"runtime {name}: image {image}, args {' '.join(launch.args)}")
         if isinstance(ctx.shimlet, WorkloadRenderer):
             workload = ctx.shimlet.render(self._deploy_context(ctx, launch))
             WORKLOAD.set(ctx, dict(workload))
@@ -326,6 +335,17 @@ def _candidates(spec: DeploySpec) -> list[Runtime]:
     if spec.modelFile.lower().endswith(".gguf"):
         return [get_runtime("llama.cpp")]
     return [get_runtime("vllm"), get_runtime("llama.cpp")]
+
+
+def _program(shimlet: Shimlet, runtime: Runtime) -> str | None:
+    """The program ``shimlet`` runs for ``runtime`` (None: the runtime's default); a name it does not know is
+    a :class:`PermanentStepError` naming the shimlet and the runtime's programs."""
+    program = runtime_program(shimlet, runtime.name)
+    if program is not None and program not in runtime.programs:
+        raise PermanentStepError(
+            f"the {shimlet.name} shimlet says its image for runtime {runtime.name!r} runs {program!r},"
+            f" a program the shim does not know for {runtime.name}; known: {', '.join(runtime.programs)}")
+    return program
 
 
 def _inspect_and_fit(
