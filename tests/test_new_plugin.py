@@ -35,7 +35,7 @@ DEF = re.compile(r"^(\s*)(?:async )?def (\w+)\(")
 
 # project directory -> (new-plugin arguments, package)
 PROJECTS: dict[str, tuple[list[str], str]] = {
-    "docker": (["shimlet", "docker"], "docker_shimlet"),
+    "podman": (["shimlet", "podman"], "podman_shimlet"),
     "quantllm": (["pipeline", "quantllm"], "quantllm_pipeline"),
     "acme-prep": (["pipeline", "acme-prep", "--extends", "opensourcellm"], "acme_prep_pipeline"),
 }
@@ -212,17 +212,17 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_layout_is_the_built_ins_layout(generated: Path) -> None:
-    shimlet, pipeline = generated / "docker", generated / "quantllm"
+    shimlet, pipeline = generated / "podman", generated / "quantllm"
     for role in ("__init__", "options", "render", "status", "shimlet"):
-        assert (shimlet / "src" / "docker_shimlet" / f"{role}.py").is_file()
+        assert (shimlet / "src" / "podman_shimlet" / f"{role}.py").is_file()
     for role in ("__init__", "options", "outputs", "pipeline"):
         assert (pipeline / "src" / "quantllm_pipeline" / f"{role}.py").is_file()
-    for project, package in ((shimlet, "docker_shimlet"), (pipeline, "quantllm_pipeline")):
+    for project, package in ((shimlet, "podman_shimlet"), (pipeline, "quantllm_pipeline")):
         name = project.name
         for rel in ("pyproject.toml", "README.md", "conftest.py", f"docs/{name}.md", "tests/test_contract.py",
                     f"src/{package}/py.typed"):
             assert (project / rel).is_file(), rel
-    assert '[project.entry-points."modserv_shim.shimlets"]\n"docker" = "docker_shimlet:DockerShimlet"' in (
+    assert '[project.entry-points."modserv_shim.shimlets"]\n"podman" = "podman_shimlet:PodmanShimlet"' in (
         shimlet / "pyproject.toml").read_text()
     assert '[project.entry-points."modserv_shim.pipelines"]\n"quantllm" = "quantllm_pipeline:QuantllmPipeline"' in (
         pipeline / "pyproject.toml").read_text()
@@ -230,7 +230,7 @@ def test_the_layout_is_the_built_ins_layout(generated: Path) -> None:
     extension = (generated / "acme-prep" / "src" / "acme_prep_pipeline" / "pipeline.py").read_text()
     assert "class AcmePrepPipeline(OpenSourceLLMPipeline):" in extension
     assert '@step("model-preparation", after=MODEL_VALIDATION' in extension
-    doc = (generated / "docker" / "docs" / "docker.md").read_text()
+    doc = (generated / "podman" / "docs" / "podman.md").read_text()
     assert "| `poll_interval` | number | `2.0` |" in doc
 
 
@@ -240,7 +240,7 @@ def test_the_generated_code_passes_ruff_and_mypy_strict(generated: Path, tmp_pat
         assert r.returncode == 0, f"{name}:\n{r.stdout}{r.stderr}"
     sources = [str(generated / name / "src" / package) for name, (_, package) in PROJECTS.items()]
     r = run([sys.executable, "-m", "mypy", "--strict", f"--cache-dir={tmp_path / 'mypy'}",
-             f"--config-file={generated / 'docker' / 'pyproject.toml'}", *sources], cwd=generated)
+             f"--config-file={generated / 'podman' / 'pyproject.toml'}", *sources], cwd=generated)
     assert r.returncode == 0, f"{r.stdout}{r.stderr}"
     assert "Success: no issues found in 13 source files" in r.stdout
 
@@ -259,12 +259,12 @@ def test_filled_projects_pass_their_own_tests(generated: Path, tmp_path: Path) -
     (tmp_path / "models").mkdir()
     model = write_tiny_llama_gguf(tmp_path / "models" / "tiny.gguf")
     projects = tmp_path / "projects"
-    bodies = {"docker": SHIMLET_BODIES, "quantllm": PIPELINE_BODIES, "acme-prep": extension_bodies(model)}
+    bodies = {"podman": SHIMLET_BODIES, "quantllm": PIPELINE_BODIES, "acme-prep": extension_bodies(model)}
     for name in PROJECTS:
         shutil.copytree(generated / name, projects / name)
         assert fill_todos(projects / name, bodies[name]) == set(bodies[name]), name
         assert "TODO: " not in "".join(p.read_text() for p in (projects / name / "src").rglob("*.py"))
-    contract = projects / "docker" / "tests" / "test_contract.py"  # the stub processes really serve HTTP
+    contract = projects / "podman" / "tests" / "test_contract.py"  # the stub processes really serve HTTP
     contract.write_text(contract.read_text().replace("    ready_timeout = 30.0\n",
                                                      "    ready_timeout = 30.0\n    endpoint_serves_http = True\n"))
 
@@ -281,7 +281,7 @@ def test_filled_projects_pass_their_own_tests(generated: Path, tmp_path: Path) -
         results = run_all(jobs)
     finally:
         kill_leftovers(tmp_path)
-    minimum = {"docker": 11, "quantllm": 8, "acme-prep": 7}  # the contract ran, not an empty collection
+    minimum = {"podman": 11, "quantllm": 8, "acme-prep": 7}  # the contract ran, not an empty collection
     for name, (status, out) in results.items():
         assert status == 0, f"{name}: the generated project's tests failed:\n{out}"
         passed = re.search(r"(\d+) passed", out)
@@ -295,11 +295,11 @@ def test_new_plugin_refuses_what_it_must(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     cases = [
-        (["shimlet", "docker", f"--dir={tmp_path / 'taken'}"], "is a directory that is not empty"),
+        (["shimlet", "podman", f"--dir={tmp_path / 'taken'}"], "is a directory that is not empty"),
         (["shimlet", "Docker"], "'Docker' is not a plugin name"),
         (["shimlet", "-x"], "No such option"),
         (["pipeline", "x" * 64], "is not a plugin name"),
-        (["shimlet", "docker", "--extends", "opensourcellm"], "--extends is for pipelines"),
+        (["shimlet", "podman", "--extends", "opensourcellm"], "--extends is for pipelines"),
         (["pipeline", "mine", "--extends", "nope"], "can extend opensourcellm, not 'nope'"),
         (["shimlet", "k8s"], "'k8s' is the name of a built-in shimlet"),
         (["pipeline", "mine", "--package", "not-a-package"], "is not a Python package name"),
@@ -332,6 +332,6 @@ def test_help_lists_the_server_flags_and_the_command_and_server_flags_stay_with_
         assert flag in r.stdout, flag
     r = run([*CLI, "new-plugin", "--help"], cwd=tmp_path, env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
     assert r.returncode == 0 and "--dir" in r.stdout and "--package" in r.stdout and "--extends" in r.stdout
-    r = run([*CLI, "--port=9", "new-plugin", "shimlet", "docker"], cwd=tmp_path)
+    r = run([*CLI, "--port=9", "new-plugin", "shimlet", "podman"], cwd=tmp_path)
     assert r.returncode == 2 and "--port: server options go without a command" in r.stderr, r.stderr
-    assert not (tmp_path / "docker").exists()
+    assert not (tmp_path / "podman").exists()
