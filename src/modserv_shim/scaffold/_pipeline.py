@@ -91,6 +91,7 @@ from modserv_shim.plugins import (
     Shimlet,
     StepContext,
     launch_target,
+    runtime_program,
 )
 from modserv_shim.runtimes import LaunchParams, Runtime, Target, get_runtime
 from modserv_shim.spec import DeploySpec
@@ -117,7 +118,9 @@ class ${cls}(DeclaredPipeline):
 
     def check_request(self, spec: DeploySpec, shimlet: Shimlet) -> None:
         """A request's ``env`` and ``runtimeArgs`` must pass the runtime's allowlist (HTTP 422 naming the first not)."""
-        self.runtime.check_request(spec.env, spec.runtimeArgs, self.policy, target=target_of(shimlet))
+        runtime = self.runtime
+        runtime.check_request(spec.env, spec.runtimeArgs, self.policy, target=target_of(shimlet),
+                              program=runtime_program(shimlet, runtime.name))
 
     # ------------------------------------------------------------ 1. yours
 
@@ -147,7 +150,9 @@ class ${cls}(DeclaredPipeline):
             startup_timeout=spec.healthCheckTimeout or self.options.ready_timeout,
             policy=self.policy,
         )
-        launch = self.runtime.render(params, target=target_of(ctx.shimlet))
+        runtime = self.runtime  # rendered for the program the shimlet's image runs, if it says (else the default)
+        program = runtime_program(ctx.shimlet, runtime.name)
+        launch = runtime.render(params, target=target_of(ctx.shimlet), program=program)
         ctx.set_params(runtime=launch.runtime, model_path=launch.model_path)
         LAUNCH.set(ctx, launch)
 
