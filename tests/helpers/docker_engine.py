@@ -18,6 +18,7 @@ Where the engine comes from, in order:
    test process, with its data root, exec root, socket, pid file and config in a fresh
    temporary directory.  It gets no bridge, no iptables/NAT rules and leaves the host's
    ``ip_forward`` alone, so test containers use ``--network host`` or ``--network none``.
+   Storage: overlay2 where the kernel has it, else vfs (see ``storage_driver``).
    Its containers are put under their own cgroup parent.  At session end: its containers are
    removed, ``dockerd`` gets SIGTERM (SIGKILL after a grace period), leftover mounts and
    cgroups of ours are removed, and so is the directory.
@@ -37,6 +38,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,11 +54,30 @@ DIR_PREFIX = "modserv-dockerd-"
 START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 
+ENV_STORAGE = "MODSERV_TEST_DOCKER_STORAGE"
+
 # Keep in step with .ci/run, which starts CI's engine the same way.
 DOCKERD_FLAGS = (
     "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none",
-    "--storage-driver=vfs", "--log-level=warn",
+    "--log-level=warn",
 )
+
+
+def storage_driver() -> str:
+    """``overlay2`` where the kernel has overlayfs, else ``vfs``; ``MODSERV_TEST_DOCKER_STORAGE`` overrides.
+
+    vfs copies an image's whole filesystem for every container: about 1 s per 100 MB on an idle
+    machine, 17 s for the 258 MB inference image under load; overlay2 starts it in 0.4 s.  Its
+    mounts live under our directory and go with the containers (and ``stop()`` unmounts any left).
+    """
+    if os.environ.get(ENV_STORAGE):
+        return os.environ[ENV_STORAGE]
+    try:
+        with open("/proc/filesystems") as f:
+            has_overlay = any(line.split()[-1:] == ["overlay"] for line in f)
+    except OSError:
+        has_overlay = False
+    return "overlay2" if has_overlay else "vfs"
 
 
 class DockerError(RuntimeError):
@@ -173,7 +194,17 @@ class OwnDockerd:
     cgroup_parent: str
 
     @classmethod
-    def start(cls, timeout: float = START_TIMEOUT) -> OwnDockerd:
+    def start(cls, timeout: float = START_TIMEOUT, driver: str | None = None) -> OwnDockerd:
+        driver = driver or storage_driver()
+        try:
+            return cls._start(timeout, driver)
+        except RuntimeError:
+            if driver == "vfs" or os.environ.get(ENV_STORAGE):
+                raise
+            return cls._start(timeout, "vfs")  # overlay2 refused here (e.g. on an overlay root)
+
+    @classmethod
+    def _start(cls, timeout: float, driver: str) -> OwnDockerd:
         dockerd = shutil.which("dockerd")
         if not dockerd:
             raise RuntimeError("dockerd is not installed")
@@ -182,13 +213,15 @@ class OwnDockerd:
         (root / "daemon.json").write_text("{}\n")  # ignore the host's /etc/docker/daemon.json
         cgroup_parent = f"/{root.name}"
         sock = root / "docker.sock"
-        cmd = [dockerd, *DOCKERD_FLAGS, f"--config-file={root / 'daemon.json'}",
+        cmd = [dockerd, *DOCKERD_FLAGS, f"--storage-driver={driver}", f"--config-file={root / 'daemon.json'}",
                f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
                f"--pidfile={root / 'dockerd.pid'}", f"--host=unix://{sock}",
                f"--cgroup-parent={cgroup_parent}"]
         log = (root / "dockerd.log").open("wb")
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child exits: only from the main thread.
+        pdeathsig = _set_pdeathsig if threading.current_thread() is threading.main_thread() else None
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_set_pdeathsig)  # noqa: PLW1509
+                                start_new_session=True, preexec_fn=pdeathsig)  # noqa: PLW1509
         log.close()
         host = f"unix://{sock}"
         self = cls(root, proc, DockerEngine(host=host, env={"DOCKER_HOST": host}, own=True, root=root),
