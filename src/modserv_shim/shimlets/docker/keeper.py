@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -142,19 +142,34 @@ class Keeper:
     def observe(self, docs: Iterable[Obj]) -> None:
         for doc in docs:
             mem = self.memory(doc)
-            if mem.stopping or mem.failure or (mem.task is not None and not mem.task.done()):
+            busy = mem.task is not None and not mem.task.done()
+            if busy and mem.probing_run is not None and mem.probing_run != (started_at(doc) if running(doc) else None):
+                mem.cancel()  # probing a run that ended: what follows its exit matters now
+                busy = False
+            if mem.stopping or mem.failure or busy:
                 continue
             st = reasons.state(doc)
             if running(doc) and not mem.is_ready(doc) and mem.probing_run != started_at(doc):
                 mem.probing_run = started_at(doc)
-                mem.task = asyncio.create_task(self._probe(doc, mem))
+                mem.task = asyncio.create_task(self._own(mem, self._probe(doc, mem)))
             elif not running(doc) and st.get("Status") in ("exited", "dead") and not st.get("Restarting"):
                 finished = str(st.get("FinishedAt") or NEVER)
                 if finished != mem.handled_exit and self._options.restart == "no":
-                    mem.handled_exit = finished
-                    mem.task = asyncio.create_task(self._after_exit(doc, mem))
+                    # This run's lines come after the previous exit (StartedAt is set a moment after the
+                    # process starts, so lines written at once could be older than it).
+                    since = unix_time(mem.handled_exit or "")
+                    mem.handled_exit, mem.probing_run = finished, None
+                    mem.task = asyncio.create_task(self._own(mem, self._after_exit(doc, mem, since)))
 
-    async def _probe(self, doc: Obj, mem: Memory) -> None:
+    async def _own(self, mem: Memory, work: Coroutine[Any, Any, str | None]) -> None:
+        """Run a replica's task; once it is done, look at the container again (it may have changed meanwhile)."""
+        container = await work
+        if mem.task is asyncio.current_task():
+            mem.task = None
+        if container is not None:
+            await self._refresh(container)
+
+    async def _probe(self, doc: Obj, mem: Memory) -> str | None:
         labels = (doc.get("Config") or {}).get("Labels") or {}
         url = endpoint(self._options, labels.get(PORT, "0")) + ready_path(doc)
         loop = asyncio.get_running_loop()
@@ -166,21 +181,21 @@ class Keeper:
                 if answer.status_code == 200:
                     mem.ready_run, mem.adopted, mem.early_exits, mem.problem = started_at(doc), False, 0, None
                     self._changed(str(service_of(doc)))
-                    return
+                    return None
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, 1.0)
         mem.timed_out = True
         await self._engine.stop(str(doc["Id"]), self._options.stop_grace_period)
+        return str(doc["Id"])
 
-    async def _after_exit(self, doc: Obj, mem: Memory) -> None:
+    async def _after_exit(self, doc: Obj, mem: Memory, since: float | None) -> str | None:
         container, sid = str(doc["Id"]), str(service_of(doc))
         was_ready = mem.ready_run == started_at(doc)
         what = f"replica {mem.index} {self._exit_words(doc, mem, was_ready)}"
         try:
-            lines = await self._engine.logs(container, self._options.reason_log_lines,
-                                            since=unix_time(started_at(doc)))
+            lines = await self._engine.logs(container, self._options.reason_log_lines, since=since)
         except EngineError:
             lines = []
         mem.last_lines, mem.adopted = tuple(lines), False
@@ -190,7 +205,7 @@ class Keeper:
                 mem.failure = reasons.with_lines(
                     f"{what} ({mem.early_exits} failed starts in a row); giving up", lines)
                 self._changed(sid)
-                return
+                return None
         mem.streak, mem.restarts = mem.streak + 1, mem.restarts + 1
         delay = min(self._options.restart_backoff * 2.0 ** (mem.streak - 1), self._options.restart_backoff_max)
         mem.problem = f"{what}; restarting in {delay:g} s (restart {mem.restarts})"
@@ -202,7 +217,7 @@ class Keeper:
             mem.problem = reasons.refusal(exc.engine_message, image=str((doc.get("Config") or {}).get("Image")),
                                           port=None, what=f"replica {mem.index} cannot be started again").text
             self._changed(sid)
-        await self._refresh(container)
+        return container
 
     def _exit_words(self, doc: Obj, mem: Memory, was_ready: bool) -> str:
         if mem.timed_out:
