@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modserv_shim.errors import PermanentStepError, ValidationFailed
-from modserv_shim.plugins import DeployContext, LaunchSpec, ResourcePhase
+from modserv_shim.plugins import DeployContext, LaunchSpec, ResourcePhase, runtime_program
 from modserv_shim.shimlets.docker import DockerOptions, DockerShimlet, reasons, render
 from modserv_shim.shimlets.docker.engine import demultiplex
 from modserv_shim.shimlets.docker.keeper import Memory, unix_time
@@ -74,6 +74,8 @@ def test_images_and_programs(tmp_path: Path) -> None:
     assert shimlet.programs == {"llama.cpp": "llama-cpp-python"}
     assert (shimlet.options.image_of("llama.cpp"), shimlet.options.image_of("vllm")) == ("x/llama:1", "v/vllm:2")
     assert shimlet.options.image_of("sglang") is None
+    assert runtime_program(shimlet, "llama.cpp") == "llama-cpp-python"  # what the pipelines read
+    assert runtime_program(shimlet, "vllm") is None
 
 
 def test_engine_address_and_probe_host(monkeypatch: pytest.MonkeyPatch) -> None:
