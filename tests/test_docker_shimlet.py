@@ -217,3 +217,13 @@ async def test_exit_code_and_last_lines_then_failed_after_max_start_failures(
     finally:
         await shimlet.delete(rid)
         await shimlet.close()
+
+
+async def test_a_gpu_request_on_a_host_without_gpus_fails_at_once(docker: DockerShimlet, tiny_image: str,
+                                                                   model_file: str) -> None:
+    ctx = context(tiny_image, model_file, resourceRequirements={"acceleratorType": "NVIDIA L4", "acceleratorCount": 1})
+    with pytest.raises(PermanentStepError) as info:
+        await docker.create(ctx)
+    assert "cannot give GPUs to containers (could not select device driver" in info.value.message
+    status = await docker.status(ctx.service_id)
+    assert status.phase is ResourcePhase.FAILED and "NVIDIA Container Toolkit" in (status.reason or "")
