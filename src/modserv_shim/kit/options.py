@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import pydantic
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import ErrorDetails, PydanticUndefined
 
 from modserv_shim.errors import ValidationFailed
@@ -208,3 +208,25 @@ def _type_name(annotation: Any) -> str:
 def option_keys(model: type[PluginOptions]) -> Sequence[str]:
     """The keys a plugin accepts (for error messages and generated docs)."""
     return list(model.model_fields)
+
+
+class RestartRuleOptions(PluginOptions):
+    """The shim's restart rule, for shimlets that restart dead replicas themselves (local processes, containers).
+
+    A replica that dies is started again after :meth:`restart_delay`; ``max_start_failures`` exits in
+    a row before it was ever ready make the service FAILED (no more restarts).  A subclass adds its
+    own keys after these.
+    """
+
+    max_start_failures: int = Field(
+        3, gt=0, description="exits before ever being ready, in a row, before the service fails (no more restarts)")
+    restart_backoff: float = Field(
+        1.0, ge=0, description="seconds before a dead replica is started again; doubles per exit in a row")
+    restart_backoff_max: float = Field(60.0, ge=0, description="cap of the restart delay, in seconds")
+    stop_grace_period: float = Field(
+        10.0, ge=0, description="seconds from SIGTERM to SIGKILL on delete and scale-down")
+    reason_log_lines: int = Field(10, ge=0, description="log lines quoted in failed and degraded reasons")
+
+    def restart_delay(self, streak: int) -> float:
+        """Seconds to wait before restarting after the ``streak``-th exit in a row (1-based)."""
+        return float(min(self.restart_backoff * 2.0 ** (max(streak, 1) - 1), self.restart_backoff_max))

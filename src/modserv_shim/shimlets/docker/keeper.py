@@ -207,7 +207,7 @@ class Keeper:
                 self._changed(sid)
                 return None
         mem.streak, mem.restarts = mem.streak + 1, mem.restarts + 1
-        delay = min(self._options.restart_backoff * 2.0 ** (mem.streak - 1), self._options.restart_backoff_max)
+        delay = self._options.restart_delay(mem.streak)
         mem.problem = f"{what}; restarting in {delay:g} s (restart {mem.restarts})"
         self._changed(sid)
         await asyncio.sleep(delay)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from modserv_shim.errors import PermanentStepError
-from modserv_shim.kit.options import PluginOptions
+from modserv_shim.kit.options import PluginOptions, RestartRuleOptions
 from modserv_shim.spec import MEMORY_RE, memory_bytes
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
@@ -105,7 +105,7 @@ class ModelVolume(PluginOptions):
         return {"Type": self.type, "Source": self.source, "Target": root, "ReadOnly": True}
 
 
-class DockerOptions(PluginOptions):
+class DockerOptions(RestartRuleOptions):
     """Every option of the docker shimlet."""
 
     label: ClassVar[str] = "docker shimlet"
@@ -146,17 +146,9 @@ class DockerOptions(PluginOptions):
         " back-off, `max_start_failures`)")
     model_volume: ModelVolume = Field(
         default_factory=ModelVolume, description="where the model is on the Docker host (see below)")
-    max_start_failures: int = Field(
-        3, gt=0, description="exits before ever being ready, in a row, before the service is FAILED")
-    restart_backoff: float = Field(
-        1.0, ge=0, description="seconds before the shim restarts a dead container; doubles per exit in a row")
-    restart_backoff_max: float = Field(60.0, ge=0, description="cap of the restart delay, in seconds")
-    stop_grace_period: float = Field(
-        10.0, ge=0, description="seconds from SIGTERM to SIGKILL on delete and scale-down")
     probe_interval: float = Field(
         0.05, gt=0, description="seconds between two probes of a starting server's ready path")
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe may take")
-    reason_log_lines: int = Field(10, ge=0, description="log lines quoted in failed and degraded reasons")
     api_timeout: float = Field(30.0, gt=0, description="seconds one Engine request may take (not pulls)")
     reconnect_backoff_max: float = Field(
         10.0, gt=0, description="cap of the delay before the event stream is opened again, in seconds")

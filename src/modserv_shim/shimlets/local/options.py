@@ -12,12 +12,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from modserv_shim.kit.options import PluginOptions
+from modserv_shim.kit.options import RestartRuleOptions
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
-class LocalOptions(PluginOptions):
+class LocalOptions(RestartRuleOptions):
     """Every option of the local shimlet."""
 
     label: ClassVar[str] = "local shimlet"
@@ -31,15 +31,7 @@ class LocalOptions(PluginOptions):
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe request may take")
     poll_interval: float = Field(
         0.5, gt=0, lt=1, description="seconds between exit polls where pidfds are unavailable (under 1 s)")
-    restart_backoff: float = Field(
-        1.0, ge=0, description="seconds before the first restart of a crashed replica; doubles per crash in a row")
-    restart_backoff_max: float = Field(60.0, ge=0, description="cap of the restart delay, in seconds")
     stable_after: float = Field(60.0, ge=0, description="seconds ready after which the restart delay starts over")
-    max_start_failures: int = Field(
-        3, gt=0, description="exits before ever being ready, in a row, before the service fails (no more restarts)")
-    stop_grace_period: float = Field(
-        10.0, ge=0, description="seconds from SIGTERM to SIGKILL on delete and scale-down")
-    reason_log_lines: int = Field(10, ge=0, description="log lines quoted in failed and degraded reasons")
 
     @property
     def probe_host(self) -> str:

@@ -332,7 +332,7 @@ class Replica:
                 return None
         self._crash_streak += 1
         self.restarts += 1
-        delay = min(opts.restart_backoff * 2.0 ** (self._crash_streak - 1), opts.restart_backoff_max)
+        delay = opts.restart_delay(self._crash_streak)
         if was_ready:
             self.problem = f"{what}; restarting in {delay:g} s (restart {self.restarts})"
         else:
