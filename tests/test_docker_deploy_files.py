@@ -34,3 +34,12 @@ def test_the_compose_file_runs_the_shim_with_the_socket_config_and_models() -> N
     assert "--host=127.0.0.1" in shim["command"], "no API tokens are configured: loopback only"
     assert shim["network_mode"] == "host", "the shim probes model servers on 127.0.0.1"
     assert "modserv-data" in compose["volumes"]
+
+
+def test_the_configuration_examples_in_docs_docker_md_are_valid() -> None:
+    text = (DEPLOY.parent.parent / "docs" / "docker.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    assert len(blocks) >= 2
+    for block in blocks:
+        settings = Settings(**yaml.safe_load(block))
+        DockerOptions.parse(settings.shimlets["docker"])

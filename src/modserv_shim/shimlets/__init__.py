@@ -1,7 +1,7 @@
-"""The built-in shimlets: ``local`` (model servers as processes of this machine) and ``k8s``.
+"""The built-in shimlets: ``local`` (model servers as processes of this machine), ``k8s`` and ``docker``.
 
 Every shimlet package has the same small set of files with the same roles, so that a
-reader (and the next shimlet: Docker, edge) finds each part in the same place:
+reader (and the next shimlet: edge) finds each part in the same place:
 
 ``options.py``  the options model: a :class:`~modserv_shim.kit.options.PluginOptions`
                 subclass, one ``Field(..., description=...)`` per key, validators for the
@@ -9,7 +9,7 @@ reader (and the next shimlet: Docker, edge) finds each part in the same place:
                 plugin's docs page shows its ``markdown_table()``, and a test keeps the
                 two the same.
 ``render.py``   what the workload looks like, without starting anything: the local
-                process spec, the Kubernetes manifests.  ``render`` (dry runs) and
+                process spec, the Kubernetes manifests, the Docker create bodies.  ``render`` (dry runs) and
                 ``create`` both use it.
 ``status.py``   how what the environment reports adds up to one
                 :class:`~modserv_shim.plugins.ResourceStatus` (pure; no I/O).
@@ -21,6 +21,7 @@ reader (and the next shimlet: Docker, edge) finds each part in the same place:
 
 Helper modules beside them are the environment's own business (``local``: ``replica``,
 ``state``, ``procfs``, ``ports``, ``logfiles``; ``k8s``: ``kube``, ``informer``, ``cache``,
-``naming``, ``podspec``, ``reasons``, ``validation``).  Shimlets never import each other
+``naming``, ``podspec``, ``reasons``, ``validation``; ``docker``: ``engine``, ``watcher``,
+``keeper``, ``deploy``, ``reasons``).  Shimlets never import each other
 (an import-linter contract).
 """
