@@ -17,6 +17,7 @@ unless the caller knows better), carrying the Engine's HTTP status and its own w
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -44,15 +45,46 @@ class EngineError(BackendUnavailable):
 
 
 def _ssl_context(options: DockerOptions) -> ssl.SSLContext | None:
+    """HTTPS with ``tls_ca`` (else the system's CAs) and the client certificate; None without TLS options."""
     if not (options.tls_ca or options.tls_cert):
         return None
-    context = ssl.create_default_context(cafile=options.tls_ca)
-    if options.tls_cert and options.tls_key:
-        context.load_cert_chain(options.tls_cert, options.tls_key)
+    files = {"tls_ca": options.tls_ca, "tls_cert": options.tls_cert, "tls_key": options.tls_key}
+    for option, path in files.items():
+        if path is not None and not os.access(path, os.R_OK):
+            raise BackendUnavailable(f"cannot use the Docker Engine at {options.engine_url}: the docker shimlet's"
+                                     f" {option} {path} is not a readable file")
+    try:
+        context = ssl.create_default_context(cafile=options.tls_ca)
+        if options.tls_cert and options.tls_key:
+            context.load_cert_chain(options.tls_cert, options.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        named = ", ".join(f"{k} {v}" for k, v in files.items() if v)
+        raise BackendUnavailable(f"cannot use the Docker Engine at {options.engine_url}: the docker shimlet's TLS"
+                                 f" files ({named}) do not load: {exc}") from None
     if not options.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def tls_hint(message: str) -> str:
+    """What to change when a connection failed on TLS (empty for other failures)."""
+    lowered = message.lower()
+    if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
+        if "mismatch" in lowered:
+            return ("; the Engine's TLS certificate does not name the host in `host` (connect by a name or"
+                    " address its certificate carries)")
+        return ("; the Engine's TLS certificate is not signed by the CA in the docker shimlet's tls_ca (the"
+                " Engine's --tlscacert/--tlscert pair decides which CA that is)")
+    if any(words in lowered for words in ("alert bad certificate", "certificate required", "alert unknown ca",
+                                          "alert certificate unknown")):
+        return ("; the Engine refused our client certificate: set tls_cert and tls_key to a certificate signed"
+                " by the CA the Engine trusts (its --tlscacert)")
+    if "client sent an http request to an https server" in lowered:
+        return "; the Engine speaks TLS on this port: set tls_ca, tls_cert and tls_key"
+    if "wrong version number" in lowered or "record layer failure" in lowered:
+        return "; the Engine does not speak TLS on this port: unset tls_ca, tls_cert and tls_key, or use its TLS port"
+    return ""
 
 
 def _url(options: DockerOptions, tls: bool) -> str:
@@ -85,9 +117,10 @@ class Engine:
             return await self._docker._query_json(
                 path, method, params=dict(params or {}), data=body, timeout=timeout or self._timeout)
         except DockerError as exc:
-            raise EngineError(exc.status, exc.message, what) from None
+            raise EngineError(exc.status, exc.message + tls_hint(exc.message), what) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise EngineError(CANNOT_CONNECT, f"{type(exc).__name__}: {exc}", what) from None
+            message = f"{type(exc).__name__}: {exc}"
+            raise EngineError(CANNOT_CONNECT, message + tls_hint(message), what) from None
 
     async def version(self) -> Obj:
         return dict(await self._json(f"asking the Docker Engine at {self.url} for its version", "version"))
@@ -174,9 +207,10 @@ class Engine:
             async with self._docker._query(path, method, params=dict(params), timeout=self._long) as response:
                 yield _json_lines(response.content)
         except DockerError as exc:
-            raise EngineError(exc.status, exc.message, what) from None
+            raise EngineError(exc.status, exc.message + tls_hint(exc.message), what) from None
         except aiohttp.ClientError as exc:
-            raise EngineError(CANNOT_CONNECT, f"{type(exc).__name__}: {exc}", what) from None
+            message = f"{type(exc).__name__}: {exc}"
+            raise EngineError(CANNOT_CONNECT, message + tls_hint(message), what) from None
 
     def events(self, label: str) -> Any:
         """An async context manager: the open ``/events`` stream of containers with ``label``, as JSON objects.
