@@ -5,8 +5,12 @@
   Engine's words.  Pull progress goes to the log (one line per layer status change).
 * **Ports** are ours to choose (see :mod:`.render`): the first free one of
   ``port_range`` after a random start, skipping ports our containers hold and, when
-  the Engine is on this machine, ports something else listens on.  A start refused
-  with "port is already allocated" gets a new container on another port, twice.
+  the Engine is on this machine (a Unix socket), ports something else listens on.  A
+  start refused because the port is taken ("port is already allocated": another
+  container has it; "address already in use": another program, which the shim cannot
+  see when the Engine is reached over TCP, or took it meanwhile) gets a new container on
+  another port of the range, twice; then the refusal, naming the port and the Engine's
+  words, is the step's error.  A container that could not start is removed.
 * **Create** is idempotent per container name: a name that exists (409) is the replica.
 """
 
@@ -29,6 +33,12 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 PORT_TRIES = 3
+
+
+def port_taken(engine_message: str) -> bool:
+    """Did the Engine refuse a start because the host port is taken (by a container, or another program)?"""
+    lowered = engine_message.lower()
+    return "port is already allocated" in lowered or "address already in use" in lowered
 
 
 class Deployer:
@@ -64,9 +74,10 @@ class Deployer:
         if not await self._engine.image_present(image):
             raise PermanentStepError(reasons.pull_text(image, "the pull ended without the image", policy))
 
-    def pick_port(self) -> int:
+    def pick_port(self, refused: Iterable[int] = ()) -> int:
+        """A free host port of ``port_range`` (none of ``refused``, those the Engine just refused)."""
         first, last = self._options.port_range
-        taken = set(self._ports_in_use()) | self._handed_out
+        taken = set(self._ports_in_use()) | self._handed_out | set(refused)
         span = last - first + 1
         start = random.randrange(span)
         for step in range(span):
@@ -74,7 +85,10 @@ class Deployer:
             if port not in taken and self._bindable(port):
                 self._handed_out.add(port)
                 return port
-        raise PermanentStepError(f"no free host port left in the docker shimlet's port_range {first}-{last}")
+        where = " or in use on this machine" if self._engine.url.startswith("unix://") else ""
+        refusals = f" (the Engine refused {', '.join(map(str, sorted(refused)))})" if refused else ""
+        raise PermanentStepError(f"no free host port left in the docker shimlet's port_range {first}-{last}: each"
+                                 f" is held by a container of ours{where}{refusals}; widen port_range")
 
     def _bindable(self, port: int) -> bool:
         """Is ``port`` free here?  Only asked when the Engine runs on this machine (a Unix socket)."""
@@ -92,8 +106,15 @@ class Deployer:
     async def create_replica(self, ctx: DeployContext, index: int) -> str:
         """Create and start replica ``index``; returns the container id (an existing one is kept as it is)."""
         name = render.container_name(ctx.service_id, index)
-        for attempt in range(1, PORT_TRIES + 1):
-            port = self.pick_port()
+        refused: list[int] = []  # ports the Engine said are taken, in this call
+        refusal: Exception | None = None
+        for _ in range(PORT_TRIES):
+            try:
+                port = self.pick_port(refused)
+            except PermanentStepError:
+                if refusal is None:
+                    raise
+                raise refusal from None  # the range is used up: the Engine's words say why
             try:
                 container = await self._engine.create(name, render.create_body(ctx, index, port, self._options))
             except EngineError as exc:
@@ -109,11 +130,15 @@ class Deployer:
                 return container
             except EngineError as exc:
                 refusal = self._refused(exc, ctx, port, f"replica {index} cannot be started")
-                if "port is already allocated" in exc.engine_message and attempt < PORT_TRIES:
-                    await self._engine.remove(container)
-                    continue
-                raise refusal from None
-        raise AssertionError("unreachable")  # pragma: no cover
+                if exc.status == 900:
+                    raise refusal from None
+                await self._engine.remove(container)  # never started: a retried create makes it anew
+                if not port_taken(exc.engine_message):
+                    raise refusal from None
+                refused.append(port)
+                log.info("docker shimlet: %s; trying another port", refusal)
+        assert refusal is not None
+        raise refusal
 
     def _refused(self, exc: EngineError, ctx: DeployContext, port: int, what: str) -> Exception:
         if exc.status == 900:
