@@ -214,7 +214,8 @@ class RestartRuleOptions(PluginOptions):
     """The shim's restart rule, for shimlets that restart dead replicas themselves (local processes, containers).
 
     A replica that dies is started again after :meth:`restart_delay`; ``max_start_failures`` exits in
-    a row before it was ever ready make the service FAILED (no more restarts).  A subclass adds its
+    a row before it was ever ready make the service FAILED (no more restarts); a replica that was
+    ready for ``stable_after`` seconds before it died starts the back-off over.  A subclass adds its
     own keys after these.
     """
 
@@ -226,6 +227,8 @@ class RestartRuleOptions(PluginOptions):
     stop_grace_period: float = Field(
         10.0, ge=0, description="seconds from SIGTERM to SIGKILL on delete and scale-down")
     reason_log_lines: int = Field(10, ge=0, description="log lines quoted in failed and degraded reasons")
+    stable_after: float = Field(
+        60.0, ge=0, description="seconds ready after which the restart delay starts over (the back-off resets)")
 
     def restart_delay(self, streak: int) -> float:
         """Seconds to wait before restarting after the ``streak``-th exit in a row (1-based)."""

@@ -6,11 +6,21 @@ how it ended.  What the Engine does not know lives here, in memory, per containe
 * **ready** -- the server answered its ready path with a 200 during *this run* of the
   container (a run is identified by ``State.StartedAt``); a new run is probed again.
   A run that is not ready after the startup timeout is stopped, which counts as an exit.
+* **healthy** -- once ready, the same path is asked every ``health_interval`` seconds
+  (``health_timeout`` each); ``health_failures`` failed checks in a row and the replica
+  is not ready any more (its service DEGRADED, the reason naming the path and what
+  happened: no answer within the timeout, an HTTP status, a refused connection).  With
+  restart policy ``no`` the shim then stops the container and its restart rule starts
+  it again; with a Docker restart policy (which restarts only exited containers) it is
+  ready again once it answers.
 * **the shim's restart rule** (restart policy ``no``, the default), the same as the local
   shimlet's: a dead container is started again after 1 s, 2 s, 4 s ... (capped at
   ``restart_backoff_max``); ``max_start_failures`` exits in a row before ever being
   ready and the replica gives up (its service is FAILED, the container is kept for its
-  logs).  Each exit is counted once (by ``State.FinishedAt``).
+  logs).  Each exit is counted once (by ``State.FinishedAt``).  A replica that was ready
+  for ``stable_after`` seconds before it died starts the back-off over.  The verdict of
+  giving up is written down (:mod:`.state`), so the next run of the shim keeps it FAILED
+  instead of starting it again.
 * with a Docker restart policy the Engine restarts the container; the shim only probes,
   and a replica whose ``RestartCount`` reached ``max_start_failures`` without ever being
   ready is a restart loop.
@@ -35,6 +45,7 @@ from modserv_shim.shimlets.docker import reasons
 from modserv_shim.shimlets.docker.engine import Engine, EngineError
 from modserv_shim.shimlets.docker.options import DockerOptions
 from modserv_shim.shimlets.docker.render import PORT, READY_PATH, STARTUP_TIMEOUT, endpoint
+from modserv_shim.shimlets.docker.state import GivenUp
 from modserv_shim.shimlets.docker.watcher import replica_of, service_of
 
 log = logging.getLogger(__name__)
@@ -80,10 +91,13 @@ class Memory:
     adopted: bool = False  # found running at start, not probed yet
     stopping: bool = False
     timed_out: bool = False
+    ready_since: float | None = None  # loop time the current run became ready
+    unhealthy: str | None = None  # ready, then failed health_failures checks in a row: why
+    health_stop: str | None = None  # we stopped it for that: what it did, for the words of its exit
     task: asyncio.Task[None] | None = None
 
     def is_ready(self, doc: Obj) -> bool:
-        return running(doc) and self.ready_run == started_at(doc)
+        return running(doc) and self.ready_run == started_at(doc) and self.unhealthy is None
 
     def cancel(self) -> None:
         if self.task is not None and not self.task.done():
@@ -95,8 +109,10 @@ class Keeper:
     """Probes and restarts replicas per the rule above.  ``changed(service_id)`` re-summarizes a service."""
 
     def __init__(self, engine: Engine, options: DockerOptions, http: httpx.AsyncClient,
-                 changed: Callable[[str], None], refresh: Callable[[str], Any]) -> None:
+                 changed: Callable[[str], None], refresh: Callable[[str], Any],
+                 given_up: GivenUp | None = None) -> None:
         self._engine = engine
+        self.given_up = given_up if given_up is not None else GivenUp(None)
         self._options = options
         self._http = http
         self._changed = changed
@@ -110,9 +126,14 @@ class Keeper:
         return self._memory[name]
 
     def adopt(self, docs: Iterable[Obj]) -> None:
-        """Containers found at start: running ones are UNKNOWN until their first probe."""
+        """Containers found at start: running ones are UNKNOWN until their first probe; given up ones stay so."""
         for doc in docs:
-            self.memory(doc).adopted = running(doc)
+            mem = self.memory(doc)
+            mem.adopted = running(doc)
+            verdict = self.given_up.reason_for(doc)
+            if verdict is not None and not running(doc):
+                mem.failure, mem.adopted = verdict, False
+                mem.handled_exit = str(reasons.state(doc).get("FinishedAt") or NEVER)
 
     def forget(self, name: str) -> None:
         mem = self._memory.pop(name, None)
@@ -120,18 +141,20 @@ class Keeper:
             mem.cancel()
 
     def stopping(self, name: str) -> None:
-        """We stop this container on purpose: no restart, no verdict."""
+        """We stop this container on purpose (to remove it): no restart, no verdict."""
         mem = self._memory.setdefault(name, Memory(0))
         mem.stopping = True
         mem.cancel()
+        self.given_up.drop([name])
 
     def retry(self, docs: Iterable[Obj]) -> None:
         """A new ``create`` of a failed service: every replica starts over."""
         for doc in docs:
             mem = self.memory(doc)
             mem.cancel()
-            mem.failure = mem.problem = None
+            mem.failure = mem.problem = mem.handled_exit = None  # its last exit is handled again: a restart
             mem.early_exits = mem.streak = 0
+        self.given_up.drop(str(doc.get("Name") or "").lstrip("/") for doc in docs)
 
     def close(self) -> None:
         for mem in self._memory.values():
@@ -180,8 +203,9 @@ class Keeper:
                 answer = await self._http.get(url, timeout=self._options.probe_timeout)
                 if answer.status_code == 200:
                     mem.ready_run, mem.adopted, mem.early_exits, mem.problem = started_at(doc), False, 0, None
+                    mem.unhealthy, mem.ready_since = None, loop.time()
                     self._changed(str(service_of(doc)))
-                    return None
+                    return await self._watch_health(doc, mem)
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(interval)
@@ -190,10 +214,49 @@ class Keeper:
         await self._engine.stop(str(doc["Id"]), self._options.stop_grace_period)
         return str(doc["Id"])
 
+    async def _watch_health(self, doc: Obj, mem: Memory) -> str | None:
+        """Check a ready run every ``health_interval`` s until it fails ``health_failures`` checks in a row.
+
+        Returns the container (to look at again) once it was stopped for that; runs until cancelled otherwise.
+        """
+        opts, sid, path = self._options, str(service_of(doc)), ready_path(doc)
+        if opts.health_interval <= 0:
+            return None
+        url = endpoint(opts, ((doc.get("Config") or {}).get("Labels") or {}).get(PORT, "0")) + path
+        misses = 0
+        while True:
+            await asyncio.sleep(opts.health_interval)
+            trouble = await health_check(self._http, url, opts.health_timeout)
+            if trouble is None:
+                misses = 0
+                if mem.unhealthy is not None:  # answering again (a Docker restart policy: we did not stop it)
+                    mem.unhealthy = mem.problem = None
+                    self._changed(sid)
+                continue
+            misses += 1
+            if misses < opts.health_failures or mem.unhealthy is not None:
+                continue
+            lost = (f"stopped answering its health path {path} ({trouble}; {misses} checks in a row,"
+                    f" {opts.health_interval:g} s apart)")
+            mem.unhealthy = f"replica {mem.index} {lost}"
+            log.warning("docker shimlet: %s", mem.unhealthy)
+            if opts.restart != "no":  # Docker restarts exited containers only: wait for it to answer again
+                mem.problem = f"{mem.unhealthy}; waiting for it to answer again (restart policy {opts.restart})"
+                self._changed(sid)
+                continue
+            mem.problem, mem.health_stop = f"{mem.unhealthy}; stopping it to restart it", lost
+            self._changed(sid)
+            await self._engine.stop(str(doc["Id"]), opts.stop_grace_period)
+            return str(doc["Id"])
+
     async def _after_exit(self, doc: Obj, mem: Memory, since: float | None) -> str | None:
         container, sid = str(doc["Id"]), str(service_of(doc))
         was_ready = mem.ready_run == started_at(doc)
         what = f"replica {mem.index} {self._exit_words(doc, mem, was_ready)}"
+        if was_ready and mem.ready_since is not None and \
+                asyncio.get_running_loop().time() - mem.ready_since >= self._options.stable_after:
+            mem.streak = 0  # it was stable: the back-off starts over
+        mem.unhealthy = mem.ready_since = None
         try:
             lines = await self._engine.logs(container, self._options.reason_log_lines, since=since)
         except EngineError:
@@ -204,6 +267,7 @@ class Keeper:
             if mem.early_exits >= self._options.max_start_failures:
                 mem.failure = reasons.with_lines(
                     f"{what} ({mem.early_exits} failed starts in a row); giving up", lines)
+                self.given_up.record(doc, sid, mem.index, mem.failure)
                 self._changed(sid)
                 return None
         mem.streak, mem.restarts = mem.streak + 1, mem.restarts + 1
@@ -223,7 +287,24 @@ class Keeper:
         if mem.timed_out:
             mem.timed_out = False
             return f"was not ready after {startup_timeout(doc):g} s and was stopped"
+        if mem.health_stop is not None:
+            words, mem.health_stop = mem.health_stop, None
+            code = reasons.state(doc).get("ExitCode")
+            return f"{words}; it was stopped (exit code {code})"
         return reasons.exit_text(doc) + ("" if was_ready else " before becoming ready")
+
+
+async def health_check(http: httpx.AsyncClient, url: str, timeout: float) -> str | None:
+    """One health check: None when ``url`` answers 200, else what happened, in words."""
+    try:
+        answer = await http.get(url, timeout=timeout)
+    except httpx.TimeoutException:
+        return f"no answer within {timeout:g} s: timeout"
+    except httpx.HTTPError as exc:
+        return f"the request failed: {type(exc).__name__}: {exc}"
+    if answer.status_code != 200:
+        return f"it answered HTTP {answer.status_code}"
+    return None
 
 
 def ready_path(doc: Obj) -> str:

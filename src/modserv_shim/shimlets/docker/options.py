@@ -149,6 +149,13 @@ class DockerOptions(RestartRuleOptions):
     probe_interval: float = Field(
         0.05, gt=0, description="seconds between two probes of a starting server's ready path")
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe may take")
+    health_interval: float = Field(
+        10.0, ge=0, description="seconds between two health checks of a ready replica (its ready path);"
+        " 0: no checks after ready")
+    health_timeout: float = Field(5.0, gt=0, description="seconds one health check may take")
+    health_failures: int = Field(
+        3, gt=0, description="failed health checks in a row after which a ready replica is not ready (degraded)"
+        " and, with `restart: no`, is restarted")
     api_timeout: float = Field(30.0, gt=0, description="seconds one Engine request may take (not pulls)")
     reconnect_backoff_max: float = Field(
         10.0, gt=0, description="cap of the delay before the event stream is opened again, in seconds")

@@ -24,7 +24,9 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   are *adopted* by their labels, never created twice; ``close`` stops watching and
   leaves every container running.
 * A dying container is restarted with back-off by the shim's rule unless a Docker
-  restart policy is configured (:mod:`.keeper`).
+  restart policy is configured (:mod:`.keeper`); so is a ready one that stops answering
+  its health checks.  Replicas the rule gave up on stay FAILED after a restart of the
+  shim (:mod:`.state`, under ``<data_dir>/docker/``).
 
 ``inspect_model`` (reading the model where the Docker host sees it) is not offered yet:
 the shim reads ``modelFile`` itself, which works when the Engine runs on this machine.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +50,7 @@ from modserv_shim.shimlets.docker.deploy import Deployer
 from modserv_shim.shimlets.docker.engine import Engine
 from modserv_shim.shimlets.docker.keeper import Keeper, running
 from modserv_shim.shimlets.docker.options import DockerOptions
+from modserv_shim.shimlets.docker.state import GivenUp
 from modserv_shim.shimlets.docker.status import Track, summarize
 from modserv_shim.shimlets.docker.watcher import Containers, Watcher, replica_of
 
@@ -75,6 +79,7 @@ class DockerShimlet(ShimletBase):
         self._deployer: Deployer | None = None
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._state_dir = Path(ctx.data_dir) / "docker"  # what outlives a restart of the shim (.state)
 
     @property
     def programs(self) -> Mapping[str, str]:
@@ -88,13 +93,15 @@ class DockerShimlet(ShimletBase):
         try:
             await engine.version()
             self._http = httpx.AsyncClient(trust_env=False)
-            self._keeper = Keeper(engine, self.options, self._http, self._refresh, self._reinspect)
+            self._keeper = Keeper(engine, self.options, self._http, self._refresh, self._reinspect,
+                                  GivenUp(self._state_dir))
             self._deployer = Deployer(engine, self.options, self._ports_in_use)
             self._watcher = Watcher(engine, OURS, self._containers, self._changed, self.options.reconnect_backoff_max)
             self._engine = engine
             self._task = asyncio.create_task(self._watcher.run(), name="docker-events")
             async with asyncio.timeout(self.options.api_timeout):
                 await self._watcher.synced.wait()
+            self._keeper.given_up.keep_only(self._container_names())
         except BaseException:
             await self._stop_watching()
             await engine.close()
@@ -249,6 +256,10 @@ class DockerShimlet(ShimletBase):
                 value = ((doc.get("Config") or {}).get("Labels") or {}).get(render.PORT, "")
                 if str(value).isdigit():
                     yield int(value)
+
+    def _container_names(self) -> list[str]:
+        return [str(d.get("Name") or "").lstrip("/") for s in self._containers.services()
+                for d in self._containers.of(s)]
 
     def _changed(self, services: Iterable[str]) -> None:
         for sid in services:

@@ -31,7 +31,6 @@ class LocalOptions(RestartRuleOptions):
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe request may take")
     poll_interval: float = Field(
         0.5, gt=0, lt=1, description="seconds between exit polls where pidfds are unavailable (under 1 s)")
-    stable_after: float = Field(60.0, ge=0, description="seconds ready after which the restart delay starts over")
 
     @property
     def probe_host(self) -> str:
