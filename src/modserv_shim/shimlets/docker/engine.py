@@ -125,6 +125,10 @@ class Engine:
     async def version(self) -> Obj:
         return dict(await self._json(f"asking the Docker Engine at {self.url} for its version", "version"))
 
+    async def info(self) -> Obj:
+        """``GET /info``: the host as the Engine describes it (``Labels``, ``GenericResources``, ...)."""
+        return dict(await self._json(f"asking the Docker Engine at {self.url} about its host", "info"))
+
     async def list_ids(self, label: str) -> list[str]:
         """Ids of every container, running or not, that carries ``label`` (``key=value``)."""
         filters = json.dumps({"label": [label]})

@@ -8,7 +8,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   ``create`` on a FAILED service is a retry: its replicas start over.  An Engine refusal
   that waiting cannot fix (no image with ``pull: never``, no GPU driver) is a
   :class:`~modserv_shim.errors.PermanentStepError` naming the image or device and the
-  Engine's words, and the service is FAILED with the same reason.
+  Engine's words, and the service is FAILED with the same reason.  So is an
+  ``acceleratorType`` the host's GPU label does not name (:mod:`.placement`).
 * ``status`` answers from the cache that one label-filtered event stream keeps
   (:mod:`.watcher`) and the keeper's memory (:mod:`.keeper`); see :mod:`.status`.
 * ``delete`` (idempotent; the resource id is the service id) stops every container
@@ -45,7 +46,7 @@ import httpx
 from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
 from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
-from modserv_shim.shimlets.docker import render
+from modserv_shim.shimlets.docker import placement, render
 from modserv_shim.shimlets.docker.deploy import Deployer
 from modserv_shim.shimlets.docker.engine import Engine
 from modserv_shim.shimlets.docker.keeper import Keeper, running
@@ -140,6 +141,7 @@ class DockerShimlet(ShimletBase):
                 self._parts()[1].retry(self._containers.of(sid))
             self._tracks[sid] = Track(desired=ctx.replicas, was_ready=track.was_ready if track else False)
             try:
+                await placement.check(self._parts()[0], ctx.spec.resourceRequirements.acceleratorType)
                 await self._parts()[2].ensure_image(image)
                 await self._fill(ctx, ctx.replicas)
             except PermanentStepError as exc:
