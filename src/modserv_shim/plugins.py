@@ -28,7 +28,7 @@ and errors, so a plugin author depends on a small, stable surface.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -232,13 +232,21 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class DeployContext:
-    """Everything a shimlet needs to create the workload of one service."""
+    """Everything a shimlet needs to create the workload of one service.
+
+    ``log``, when set, appends a line to the log of the step in flight (the pipeline passes
+    its :meth:`StepContext.log`; ``/pipeline/logs`` shows the lines): for progress of a long
+    ``create``, such as an image pull.  It is None outside a step (a scale-up, a test, a
+    pipeline that does not pass it), so a shimlet calls it only when set, with a few lines,
+    never a flood.  Not part of the context's equality.
+    """
 
     service_id: str
     spec: DeploySpec
     launch: LaunchSpec
     replicas: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 class ResourcePhase(StrEnum):

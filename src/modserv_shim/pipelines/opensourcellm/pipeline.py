@@ -252,6 +252,7 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
             launch=launch,
             replicas=ctx.spec.replicaCount,
             labels={"modserv-shim/service-id": ctx.service_id, "modserv-shim/model": ctx.spec.modelName},
+            log=ctx.log,  # the shimlet's progress (an image pull) in this step's log
         )
 
     # -------------------------------------------------------------- 3. deploy

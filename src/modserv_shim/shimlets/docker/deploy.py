@@ -2,7 +2,8 @@
 
 * **Images** follow ``pull``: ``missing`` pulls only an absent image, ``always`` before
   every create, ``never`` fails at once when it is absent, naming the image and the
-  Engine's words.  Pull progress goes to the log (one line per layer status change).
+  Engine's words.  Pull progress goes to the shim's log and the deploy step's log
+  (:class:`PullProgress`: one line per layer state change, else at most one per 2 s).
 * **Ports** are ours to choose (see :mod:`.render`): the first free one of
   ``port_range`` after a random start, skipping ports our containers hold and, when
   the Engine is on this machine (a Unix socket), ports something else listens on.  A
@@ -20,7 +21,8 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from modserv_shim.errors import BackendUnavailable, PermanentStepError
@@ -33,6 +35,73 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 PORT_TRIES = 3
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} B"
+
+
+class PullProgress:
+    """The Engine's pull progress objects, as a few lines: one per layer state change, else one per 2 s.
+
+    A line names the layer, its state, and bytes done of total while it downloads or extracts
+    (``pull r/x:1: layer 3f4a5b6c7d8e: Downloading 1.2 MB of 4.2 MB``).  Each line goes to the
+    shim's log and, when given, to ``step_log`` (the deploy step's log).
+    """
+
+    EVERY = 2.0  # seconds between two progress lines of a layer whose state did not change
+
+    def __init__(self, image: str, step_log: Callable[[str], None] | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.image = image
+        self._step_log = step_log
+        self._clock = clock
+        self._began = self._last = clock()
+        self._states: dict[str, str] = {}
+        self._bytes: dict[str, tuple[int, int]] = {}  # layer -> (downloaded, total)
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        log.info("docker shimlet: %s", line)
+        if self._step_log is not None:
+            self._step_log(line)
+        self._last = self._clock()
+
+    def update(self, item: Mapping[str, Any]) -> None:
+        status = str(item.get("status") or "").strip()
+        if not status:
+            return
+        layer = str(item.get("id") or "")
+        detail = item.get("progressDetail") or {}
+        current, total = int(detail.get("current") or 0), int(detail.get("total") or 0)
+        if not layer or not _is_layer(layer):  # "Pulling from ...", "Digest: ...", "Status: ..."
+            if not status.startswith("Digest:"):
+                self.say(f"pull {self.image}: {status}" + (f" ({layer})" if layer else ""))
+            return
+        if status == "Downloading" and total:
+            self._bytes[layer] = (current, total)
+        elif status in ("Download complete", "Already exists") and layer in self._bytes:
+            self._bytes[layer] = (self._bytes[layer][1], self._bytes[layer][1])
+        changed = self._states.get(layer) != status
+        self._states[layer] = status
+        if changed or (total and self._clock() - self._last >= self.EVERY):
+            amount = f" {_size(current)} of {_size(total)}" if total else ""
+            self.say(f"pull {self.image}: layer {layer}: {status}{amount}")
+
+    def done(self) -> None:
+        got = sum(total for _, total in self._bytes.values())
+        layers = len(self._states)
+        self.say(f"pulled {self.image} in {self._clock() - self._began:.1f} s ({layers} layer(s),"
+                 f" {_size(got)} downloaded)")
+
+
+def _is_layer(name: str) -> bool:
+    """A layer's short id (12 hex digits), not a tag such as ``1`` in "Pulling from x (1)"."""
+    return len(name) >= 12 and all(c in "0123456789abcdef" for c in name)
 
 
 def port_taken(engine_message: str) -> bool:
@@ -51,28 +120,28 @@ class Deployer:
         self._handed_out: set[int] = set()
         self.pull_log: list[str] = []
 
-    async def ensure_image(self, image: str) -> None:
+    async def ensure_image(self, image: str, step_log: Callable[[str], None] | None = None) -> None:
+        """Bring ``image`` per ``pull``; the pull's progress goes to the shim's log and to ``step_log``."""
         policy = self._options.pull
         if policy != "always" and await self._engine.image_present(image):
             return
         if policy == "never":
             raise PermanentStepError(reasons.pull_text(image, f"No such image: {image}", policy))
-        log.info("docker shimlet: pulling %s", image)
-        seen: dict[str, str] = {}
+        progress = PullProgress(image, step_log)
+        progress.say(f"pulling image {image} (pull: {policy})")
         try:
             async for item in self._engine.pull(image):
-                key, status = str(item.get("id") or image), str(item.get("status") or "")
-                if status and seen.get(key) != status:
-                    seen[key] = status
-                    line = f"pull {image}: {key}: {status}"
-                    self.pull_log = [*self.pull_log[-49:], line]
-                    log.info("docker shimlet: %s", line)
+                progress.update(item)
         except EngineError as exc:
             if exc.status == 900:
                 raise
-            raise PermanentStepError(reasons.pull_text(image, exc.engine_message, policy)) from None
+            text = reasons.pull_text(image, exc.engine_message, policy)
+            progress.say(text)
+            raise PermanentStepError(text) from None
         if not await self._engine.image_present(image):
             raise PermanentStepError(reasons.pull_text(image, "the pull ended without the image", policy))
+        progress.done()
+        self.pull_log = [*self.pull_log, *progress.lines][-50:]
 
     def pick_port(self, refused: Iterable[int] = ()) -> int:
         """A free host port of ``port_range`` (none of ``refused``, those the Engine just refused)."""
