@@ -129,6 +129,12 @@ class Engine:
         """``GET /info``: the host as the Engine describes it (``Labels``, ``GenericResources``, ...)."""
         return dict(await self._json(f"asking the Docker Engine at {self.url} about its host", "info"))
 
+    async def wait(self, container: str, timeout: float) -> int:
+        """``POST /containers/{id}/wait``: the exit code once it stopped; EngineError (status 900) after ``timeout``."""
+        done = await self._json(f"waiting for container {container}", f"containers/{container}/wait", "POST",
+                                timeout=aiohttp.ClientTimeout(total=timeout))
+        return int((done or {}).get("StatusCode", -1))
+
     async def list_ids(self, label: str) -> list[str]:
         """Ids of every container, running or not, that carries ``label`` (``key=value``)."""
         filters = json.dumps({"label": [label]})

@@ -22,11 +22,13 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from modserv_shim import __version__
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.kit.options import PluginOptions, RestartRuleOptions
 from modserv_shim.spec import MEMORY_RE, memory_bytes
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
+DEFAULT_VALIDATION_IMAGE = f"ghcr.io/modserv-shim/modserv-shim:{__version__.split('+')[0]}"
 _HOST_RE = re.compile(r"^(unix://|tcp://|https?://|ssh://)\S+$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
@@ -146,6 +148,15 @@ class DockerOptions(RestartRuleOptions):
         " back-off, `max_start_failures`)")
     model_volume: ModelVolume = Field(
         default_factory=ModelVolume, description="where the model is on the Docker host (see below)")
+    model_validation: Literal["auto", "shim", "container"] = Field(
+        "auto", description="where model-validation reads the model: `shim` (the shim reads it itself, at the"
+        " path on the Docker host), `container` (a short container of `validation_image` with the model mounted"
+        " as the replicas see it), `auto`: `shim` when the Engine is on this machine (a Unix socket) and the"
+        " model is a path there (not a named volume), else `container`")
+    validation_image: str | None = Field(
+        None, min_length=1, description="image of the validation container (needs Python and `modserv_shim`);"
+        " unset: `ghcr.io/modserv-shim/modserv-shim:<version>`")
+    validation_timeout: float = Field(300.0, gt=0, description="seconds the validation container may take")
     probe_interval: float = Field(
         0.05, gt=0, description="seconds between two probes of a starting server's ready path")
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe may take")
@@ -215,6 +226,11 @@ class DockerOptions(RestartRuleOptions):
     def image_of(self, runtime: str) -> str | None:
         choice = self.images.get(runtime)
         return choice.image if isinstance(choice, ImageChoice) else choice
+
+    @property
+    def check_image(self) -> str:
+        """The validation container's image: ``validation_image``, or this project's image of this version."""
+        return self.validation_image or DEFAULT_VALIDATION_IMAGE
 
     @property
     def probe_host(self) -> str:

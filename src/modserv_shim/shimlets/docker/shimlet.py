@@ -29,8 +29,9 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   its health checks.  Replicas the rule gave up on stay FAILED after a restart of the
   shim (:mod:`.state`, under ``<data_dir>/docker/``).
 
-``inspect_model`` (reading the model where the Docker host sees it) is not offered yet:
-the shim reads ``modelFile`` itself, which works when the Engine runs on this machine.
+``inspect_model`` validates the model where the containers will see it: read by the
+shim when the Engine is on this machine, else in a short validation container
+(:mod:`.inspect`, ``model_validation``).
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, Re
 from modserv_shim.shimlets.docker import placement, render
 from modserv_shim.shimlets.docker.deploy import Deployer
 from modserv_shim.shimlets.docker.engine import Engine
+from modserv_shim.shimlets.docker.inspect import ModelCheck
 from modserv_shim.shimlets.docker.keeper import Keeper, running
 from modserv_shim.shimlets.docker.options import DockerOptions
 from modserv_shim.shimlets.docker.state import GivenUp
 from modserv_shim.shimlets.docker.status import Track, summarize
 from modserv_shim.shimlets.docker.watcher import Containers, Watcher, replica_of
+from modserv_shim.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class DockerShimlet(ShimletBase):
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._state_dir = Path(ctx.data_dir) / "docker"  # what outlives a restart of the shim (.state)
+        self._model_check: ModelCheck | None = None
 
     @property
     def programs(self) -> Mapping[str, str]:
@@ -198,6 +202,14 @@ class DockerShimlet(ShimletBase):
 
     def watch(self) -> AsyncIterator[Event]:
         return self._hub.watch()
+
+    async def inspect_model(self, spec: DeploySpec) -> Mapping[str, Any]:
+        """Facts of ``spec.modelFile`` as the containers will see it (:mod:`.inspect`)."""
+        await self._ensure_started()
+        engine, _, deployer = self._parts()
+        if self._model_check is None:
+            self._model_check = ModelCheck(engine, self.options, deployer.ensure_image)
+        return await self._model_check.inspect(spec)
 
     def render(self, ctx: DeployContext) -> dict[str, Any]:
         """The create bodies ``create`` would send (no Engine needed)."""
