@@ -146,7 +146,7 @@ class DockerShimlet(ShimletBase):
             self._tracks[sid] = Track(desired=ctx.replicas, was_ready=track.was_ready if track else False)
             try:
                 await placement.check(self._parts()[0], ctx.spec.resourceRequirements.acceleratorType)
-                await self._parts()[2].ensure_image(image)
+                await self._parts()[2].ensure_image(image, ctx.log)
                 await self._fill(ctx, ctx.replicas)
             except PermanentStepError as exc:
                 self._tracks[sid].failed_reason = str(exc)
