@@ -26,7 +26,7 @@ from modserv_shim.shimlets.docker.placement import GPU_PRODUCT_LABEL, host_produ
 from modserv_shim.testing import make_plugin_context
 from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import DockerEngine, OwnDockerd
-from tests.test_docker_shimlet import FAST, context
+from tests.helpers.docker_shimlet import FAST, context, model_file_fixture  # noqa: F401
 
 PRODUCTS = "NVIDIA H20,NVIDIA L40S"
 
@@ -49,13 +49,6 @@ def labelled_engine() -> Iterator[DockerEngine]:
     finally:
         own.stop()
 
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> str:
-    path = tmp_path / "models" / "tiny.gguf"
-    path.parent.mkdir()
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 async def test_a_gpu_the_host_does_not_name_fails_at_once(labelled_engine: DockerEngine, model_file: str,

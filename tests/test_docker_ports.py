@@ -36,8 +36,8 @@ from modserv_shim.testing.shimlet_contract import new_service_id, phase_is, wait
 from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import tiny_image_fixture  # noqa: F401
-from tests.test_docker_shimlet import FAST, busybox_launch
-from tests.test_docker_tls import TlsEngine, tls_engine_fixture  # noqa: F401
+from tests.helpers.docker_shimlet import FAST, busybox_launch, model_file_fixture  # noqa: F401
+from tests.helpers.docker_tls import TlsEngine, tls_engine_fixture  # noqa: F401
 
 
 def _bridges() -> set[str]:
@@ -84,13 +84,6 @@ def held(port: int) -> Iterator[None]:
         sock.listen()
         yield
 
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> str:
-    path = tmp_path / "models" / "tiny.gguf"
-    path.parent.mkdir()
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 def tiny_context(model_file: str) -> DeployContext:

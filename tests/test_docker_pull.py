@@ -38,11 +38,11 @@ from modserv_shim.shimlets.docker.deploy import PullProgress
 from modserv_shim.testing import make_deploy_spec, make_plugin_context
 from modserv_shim.testing.pipeline_contract import ContractContext, ServiceState
 from modserv_shim.testing.shimlet_contract import new_service_id, phase_is, wait_for_status
+from tests.conftest import free_port
 from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import ENV_REQUIRE, DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import tiny_image_fixture  # noqa: F401
-from tests.test_docker_shimlet import FAST, busybox_launch
-from tests.test_docker_tls import free_port
+from tests.helpers.docker_shimlet import FAST, busybox_launch, model_file_fixture  # noqa: F401
 
 BLOB_BYTES = 6 * 2**20
 
@@ -109,13 +109,6 @@ def pushed_image(engine: DockerEngine, registry: str, work: Path) -> str:
     assert engine.cli("image", "inspect", ref, check=False).returncode != 0
     return ref
 
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> str:
-    path = tmp_path / "models" / "tiny.gguf"
-    path.parent.mkdir()
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 class Deploys:

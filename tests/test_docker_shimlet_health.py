@@ -18,24 +18,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from modserv_shim.plugins import ResourcePhase, ResourceStatus
 from modserv_shim.shimlets.docker import DockerShimlet
 from modserv_shim.testing.shimlet_contract import wait_for_status
 from tests.helpers.docker_engine import DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import tiny_image_fixture  # noqa: F401
-from tests.test_docker_shimlet import context, ours, started, until
+from tests.helpers.docker_shimlet import context, model_file_fixture, ours, started, until  # noqa: F401
 
 HEALTH = {"health_interval": 0.2, "health_timeout": 0.3, "health_failures": 2}
 
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> str:
-    path = tmp_path / "models" / "tiny.gguf"
-    path.parent.mkdir()
-    path.write_bytes(b"GGUF")
-    return str(path)
 
 
 def reason_has(phase: ResourcePhase, *words: str) -> Callable[[ResourceStatus], bool]:
