@@ -132,3 +132,15 @@ async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.fixture
+def llama_server_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A ``llama-server`` (a script that exits 0) alone on PATH: runtimes then pick llama.cpp's own server."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    binary = bin_dir / "llama-server"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return binary

@@ -23,18 +23,13 @@ from modserv_shim.testing.shimlet_contract import ContextFactory
 from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import tiny_image_fixture  # noqa: F401
-from tests.helpers.docker_shimlet import FAST, context, model_file_fixture, ours, started, until  # noqa: F401
+from tests.helpers.docker_shimlet import FAST, cleaned_up, context, model_file_fixture, ours, started, until  # noqa: F401
 
 
 @pytest.fixture
 async def docker(docker_engine: DockerEngine, tmp_path: Path) -> AsyncIterator[DockerShimlet]:
-    shimlet = await started(docker_engine, tmp_path)
-    try:
+    async with cleaned_up(await started(docker_engine, tmp_path)) as shimlet:
         yield shimlet
-    finally:
-        for rid in shimlet.resource_ids():
-            await shimlet.delete(rid)
-        await shimlet.close()
 
 
 class TestDockerShimletContract(ShimletContract):

@@ -27,7 +27,7 @@ from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import (
     DockerEngine,
 )
-from tests.helpers.docker_shimlet import FAST, busybox_launch, model_file_fixture  # noqa: F401
+from tests.helpers.docker_shimlet import FAST, busybox_launch, cleaned_up, model_file_fixture  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # Certificates
@@ -36,13 +36,8 @@ from tests.helpers.docker_tls import TlsEngine, tls_engine_fixture  # noqa: F401
 
 @pytest.fixture
 async def tls_docker(tls_engine: TlsEngine, tmp_path: Path) -> AsyncIterator[DockerShimlet]:
-    shimlet = DockerShimlet(make_plugin_context(tmp_path / "data", "docker", tls_engine.options()))
-    try:
-        yield shimlet
-    finally:
-        for rid in shimlet.resource_ids():
-            await shimlet.delete(rid)
-        await shimlet.close()
+    async with cleaned_up(DockerShimlet(make_plugin_context(tmp_path / "data", "docker", tls_engine.options()))) as s:
+        yield s
 
 
 def test_the_cli_needs_a_client_certificate(tls_engine: TlsEngine) -> None:

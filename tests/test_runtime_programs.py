@@ -27,15 +27,6 @@ GGUF = LaunchParams("tiny", "/models/tiny.gguf", context_length=2048, extra_args
 POLICY_FREE = GGUF.policy
 
 
-@pytest.fixture
-def llama_server_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    binary = bin_dir / "llama-server"
-    binary.write_text("#!/bin/sh\nexit 0\n")
-    binary.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-
 
 # ------------------------------------------------------------- the runtime
 

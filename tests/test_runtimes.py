@@ -46,16 +46,6 @@ def no_llama_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(empty))
 
 
-@pytest.fixture
-def llama_server_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    binary = bin_dir / "llama-server"
-    binary.write_text("#!/bin/sh\nexit 0\n")
-    binary.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    return binary
-
 
 # ---------------------------------------------------------------- vLLM
 

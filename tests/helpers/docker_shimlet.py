@@ -8,7 +8,8 @@ module brings the ``model_file`` fixture in with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,14 @@ async def until(shimlet: DockerShimlet, rid: str, phase: ResourcePhase, timeout:
                 **fields: Any) -> ResourceStatus:
     return await wait_for_status(shimlet, rid, phase_is(phase, **fields), timeout=timeout, interval=0.02,
                                  what=str(phase))
+
+
+@asynccontextmanager
+async def cleaned_up(shimlet: DockerShimlet) -> AsyncIterator[DockerShimlet]:
+    """Yield ``shimlet``; afterwards delete every resource it knows and close it, pass or fail."""
+    try:
+        yield shimlet
+    finally:
+        for rid in shimlet.resource_ids():
+            await shimlet.delete(rid)
+        await shimlet.close()
