@@ -249,3 +249,14 @@ def test_small_helpers() -> None:
     framed = b"\x01\x00\x00\x00\x00\x00\x00\x06hello\n\x02\x00\x00\x00\x00\x00\x00\x04bye\n"
     assert demultiplex(framed) == ["hello", "bye"]
     assert demultiplex(b"plain\r\ntext\n") == ["plain", "text"]
+
+
+def test_a_container_gets_no_privileges_and_only_the_model_mount() -> None:
+    """docs/docker.md "Security": nothing in a request can widen what a model container may do."""
+    for options in ({}, {"network": "models", "shm_size": "1Gi", "restart": "on-failure"}):
+        body = render.create_body(context(), 0, 31000, DockerOptions.parse(options))
+        host = body["HostConfig"]
+        for key in ("Privileged", "CapAdd", "PidMode", "IpcMode", "UsernsMode", "SecurityOpt", "Devices",
+                    "Binds", "VolumesFrom", "Sysctls"):
+            assert not host.get(key), f"{key} set to {host.get(key)!r}"
+        assert [m["ReadOnly"] for m in host["Mounts"]] == [True]
