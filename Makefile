@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/k8s_requests.py
 	$(BIN)/python bench/k8s_api_latency.py
+	$(BIN)/python bench/docker_overhead.py && $(BIN)/python bench/docker_api_calls.py
 
 clean:
 	rm -rf $(VENV) .models .data
