@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -194,6 +195,8 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
             return
         if fit is None:
             fit = await asyncio.to_thread(fit_check, facts)
+        if not fit.fits:
+            fit = await asyncio.to_thread(_with_quant_hint, fit, facts, fit_check)
         FIT.set(ctx, fit.to_dict())
         for w in fit.warnings:
             ctx.log(w, level="warning")
@@ -354,6 +357,17 @@ def _inspect_and_fit(
 ) -> tuple[ModelFacts, FitResult | None]:
     facts = inspect_model(model_file)
     return facts, fit_check(facts) if fit_check is not None else None
+
+
+def _with_quant_hint(fit: FitResult, facts: ModelFacts, fit_check: Callable[[ModelFacts], FitResult]) -> FitResult:
+    """A fit failure that also names the quantization type that would fit
+    (``...; or use pipeline quant with Q4_K_M: 4.9 GiB fits``), when one would."""
+    from modserv_shim.pipelines.quant.types import quant_hint  # quant extends this pipeline: imported late
+
+    hint = quant_hint(facts, fit_check)
+    if hint is None:
+        return fit
+    return dataclasses.replace(fit, message=f"{fit.message}; or {hint}", suggestions=(*fit.suggestions, hint))
 
 
 async def _follow(shimlet: Watchable, rid: str, changed: asyncio.Event) -> None:
