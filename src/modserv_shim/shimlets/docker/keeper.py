@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 NEVER = "0001-01-01T00:00:00Z"
+READY_POLL_MAX = 0.5  # seconds: the longest wait between two asks of the ready path of a listening server
 
 
 def started_at(doc: Obj) -> str:
@@ -193,12 +194,19 @@ class Keeper:
             await self._refresh(container)
 
     async def _probe(self, doc: Obj, mem: Memory) -> str | None:
+        """Until the run answers its ready path with 200: its port every ``probe_interval`` s (a TCP
+        connect, cheap), then, once something listens, the ready path at doubling intervals (at most
+        ``READY_POLL_MAX`` s).  A run that takes longer than its startup timeout is stopped."""
         labels = (doc.get("Config") or {}).get("Labels") or {}
-        url = endpoint(self._options, labels.get(PORT, "0")) + ready_path(doc)
+        port = labels.get(PORT, "0")
+        url = endpoint(self._options, port) + ready_path(doc)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + startup_timeout(doc)
-        interval = self._options.probe_interval
+        interval, listening = self._options.probe_interval, False
         while loop.time() < deadline:
+            if not listening and not (listening := await self._accepts(int(port))):
+                await asyncio.sleep(self._options.probe_interval)
+                continue
             try:
                 answer = await self._http.get(url, timeout=self._options.probe_timeout)
                 if answer.status_code == 200:
@@ -209,10 +217,20 @@ class Keeper:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
+            interval = min(interval * 2, READY_POLL_MAX)
         mem.timed_out = True
         await self._engine.stop(str(doc["Id"]), self._options.stop_grace_period)
         return str(doc["Id"])
+
+    async def _accepts(self, port: int) -> bool:
+        """Whether something accepts connections on the replica's port (a published port's proxy counts)."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._options.probe_host, port), self._options.probe_timeout)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def _watch_health(self, doc: Obj, mem: Memory) -> str | None:
         """Check a ready run every ``health_interval`` s until it fails ``health_failures`` checks in a row.

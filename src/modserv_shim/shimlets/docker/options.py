@@ -158,7 +158,8 @@ class DockerOptions(RestartRuleOptions):
         " unset: `ghcr.io/modserv-shim/modserv-shim:<version>`")
     validation_timeout: float = Field(300.0, gt=0, description="seconds the validation container may take")
     probe_interval: float = Field(
-        0.05, gt=0, description="seconds between two probes of a starting server's ready path")
+        0.005, gt=0, description="seconds between tries of a starting replica's port (a TCP connect); once it"
+        " listens, its ready path is asked at doubling intervals (at most 0.5 s) until it answers 200")
     probe_timeout: float = Field(2.0, gt=0, description="seconds one probe may take")
     health_interval: float = Field(
         10.0, ge=0, description="seconds between two health checks of a ready replica (its ready path);"
