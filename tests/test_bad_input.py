@@ -37,7 +37,7 @@ CASES = [
     (rr(acceleratorCount=-1), 422, 1001, "acceleratorCount"),
     (rr(acceleratorType=None, acceleratorCount=2), 422, 1001, "acceleratorType is not"),
     (with_(replicas=2), 422, 1001, "replicas: is not a known field"),
-    (with_(shimlet="nope"), 422, 1001, "no shimlet named 'nope'; available: fake, k8s, local"),
+    (with_(shimlet="nope"), 422, 1001, "no shimlet named 'nope'; available: docker, fake, k8s, local"),
     (with_(pipeline="nope"), 422, 1001, "no pipeline named 'nope'"),
     (with_(env={"1BAD": "x"}), 422, 1001, "not a valid variable name"),
     (with_(env={"LD_PRELOAD": "/tmp/evil.so"}), 422, 1001, "env.LD_PRELOAD: LD_PRELOAD is not allowed"),
