@@ -33,7 +33,13 @@ def _opensourcellm(ctx: PluginContext) -> Any:
     return OpenSourceLLMPipeline(ctx)
 
 
+def _privatellm(ctx: PluginContext) -> Any:
+    from modserv_shim.pipelines.privatellm import PrivateLLMPipeline
+
+    return PrivateLLMPipeline(ctx)
+
+
 BUILTINS: Mapping[Kind, Mapping[str, Callable[[PluginContext], Any]]] = {
     "shimlet": {"local": _local, "k8s": _k8s, "docker": _docker},
-    "pipeline": {"opensourcellm": _opensourcellm},
+    "pipeline": {"opensourcellm": _opensourcellm, "privatellm": _privatellm},
 }

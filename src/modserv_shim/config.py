@@ -27,11 +27,12 @@ when the pipeline is built, naming the step and the pipeline's steps.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 
@@ -115,6 +116,36 @@ class PipelineSettings(BaseModel):
         return out
 
 
+class SourceSecret(BaseModel):
+    """One entry of ``secrets``: how the shim reaches a private model source (``modelSource.secret`` names it).
+
+    The token is held as a ``SecretStr`` (shown as ``**********``) and reaches only the fetch's
+    ``Authorization`` header."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: SecretStr | None = Field(default=None, description="bearer token sent to the source")
+    token_file: Path | None = Field(default=None, description="a file holding the bearer token (read at each"
+                                    " fetch, so it can be rotated without a restart)")
+    ca_file: Path | None = Field(default=None, description="PEM CA certificate(s) to trust for this source"
+                                 " (instead of the system's)")
+    public_key_file: Path | None = Field(default=None, description="PEM Ed25519 public key that signs the"
+                                         " source's manifest.json (manifest.json.sig next to it)")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> SourceSecret:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("a secret takes token or token_file, not both")
+        return self
+
+    def plain(self) -> dict[str, str | None]:
+        """The form handed to plugins (``PluginContext.server_settings["secrets"]``): strings, token revealed."""
+        return {"token": self.token.get_secret_value() if self.token is not None else None,
+                "token_file": None if self.token_file is None else str(self.token_file),
+                "ca_file": None if self.ca_file is None else str(self.ca_file),
+                "public_key_file": None if self.public_key_file is None else str(self.public_key_file)}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODSERV_", env_nested_delimiter="__", extra="forbid")
 
@@ -150,6 +181,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=65536, ge=1024, le=64 * 1024 * 1024,
                                 description="Largest request body accepted (bytes).")
+    # --- private model sources (modelSource.secret names one; docs/pipelines.md#privatellm)
+    secrets: dict[str, SourceSecret] = Field(
+        default_factory=dict,
+        description="Named credentials of model sources: token or token_file, ca_file, public_key_file.")
     # --- TLS for the API: both or neither
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
@@ -176,6 +211,15 @@ class Settings(BaseSettings):
         if value.startswith("[") and value.endswith("]"):
             value = value[1:-1]
         return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, secrets: dict[str, SourceSecret]) -> dict[str, SourceSecret]:
+        for name in secrets:
+            if not re.match(r"^[a-z][a-z0-9_.-]{0,62}$", name):
+                raise ValueError(f"secret name {name!r} must be a lower-case letter, then up to 62 lower-case"
+                                 " letters, digits, '_', '.' or '-'")
+        return secrets
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

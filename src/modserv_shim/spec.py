@@ -144,6 +144,188 @@ class ResourceRequirements(_Strict):
         return memory_bytes(self.memory) if self.memory else None
 
 
+MAX_SOURCE_URL = 2048
+MAX_SOURCE_FILES = 64
+MAX_SOURCE_FILE_NAME = 255
+SECRET_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+SECRET_NAME_RE = re.compile(SECRET_NAME_PATTERN)
+HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SOURCE_ROOT = "/modelsource"
+"""``modelFile`` of a deploy with a ``modelSource`` and no ``modelFile``: ``/modelsource/<file>``, a name
+for the file the pipeline fetches (the privatellm pipeline serves it from its cache)."""
+
+
+def check_https_url(v: str, what: str) -> str:
+    """An ``https://host/path`` URL without user, password, query or fragment (credentials come from
+    a named secret in the server's configuration, never from a request)."""
+    from urllib.parse import urlsplit
+
+    if len(v) > MAX_SOURCE_URL or has_control_chars(v) or " " in v:
+        raise ValueError(f"{what} must be an https URL of at most {MAX_SOURCE_URL} characters without spaces or"
+                         " control characters")
+    try:
+        parts = urlsplit(v)
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{what} is not a URL: {_short(v)}") from None
+    if parts.scheme != "https":
+        raise ValueError(f"{what} must be an https:// URL (got {parts.scheme or 'no'} scheme)")
+    if not parts.hostname:
+        raise ValueError(f"{what} names no host: {_short(v)}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what} must not carry a user or password: name a configured secret in"
+                         " modelSource.secret instead")
+    if parts.query or parts.fragment or v.endswith(("?", "#")):
+        raise ValueError(f"{what} must not have a query or fragment (put credentials in a configured secret)")
+    if ".." in PurePosixPath(parts.path).parts:
+        raise ValueError(f"{what} must not contain '..'")
+    return v
+
+
+def check_source_file(v: str, what: str) -> str:
+    """A relative file name of a source (``model.gguf``, ``sub/tokenizer.json``): no ``..``, no leading
+    ``/`` or ``.``, no backslash or control characters."""
+    if not v or len(v) > MAX_SOURCE_FILE_NAME or has_control_chars(v) or "\\" in v:
+        raise ValueError(f"{what} must be 1 to {MAX_SOURCE_FILE_NAME} characters without control characters"
+                         " or backslashes")
+    parts = v.split("/")
+    if v.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"{what} must be a relative path without '..', empty or hidden parts (got {_short(v)})")
+    return v
+
+
+class HubSource(_Strict):
+    """A Hugging Face-compatible hub: files are fetched from ``<endpoint>/<repo>/resolve/<revision>/<file>``."""
+
+    endpoint: str = Field(max_length=MAX_SOURCE_URL, description="The hub's https URL, e.g. https://huggingface.co"
+                          " or a private mirror.", examples=["https://hub.example.com"])
+    repo: str = Field(max_length=193, description="'org/name'.", examples=["acme/support-7b"])
+    revision: str = Field(default="main", max_length=128, description="Branch, tag or commit.")
+    files: list[str] = Field(min_length=1, max_length=MAX_SOURCE_FILES,
+                             description="The files to fetch, relative to the repository's root;"
+                             " the first '.gguf' one is served (else the folder).")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return check_https_url(v, "modelSource.hub.endpoint").rstrip("/")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if not HUB_REPO_RE.match(v) or ".." in v:
+            raise ValueError(f"modelSource.hub.repo must be 'org/name' (letters, digits, '._-'), got {_short(v)}")
+        return v
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str) -> str:
+        if not REVISION_RE.match(v) or ".." in v.split("/") or "//" in v:
+            raise ValueError(f"modelSource.hub.revision must be a branch, tag or commit (got {_short(v)})")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: list[str]) -> list[str]:
+        for i, f in enumerate(v):
+            check_source_file(f, f"modelSource.hub.files[{i}]")
+        if len(set(v)) != len(v):
+            raise ValueError("modelSource.hub.files names a file twice")
+        return v
+
+
+class ModelSource(_Strict):
+    """Where a pipeline that fetches models (``privatellm``) gets the model: one ``url`` or one ``hub``."""
+
+    url: str | None = Field(default=None, max_length=MAX_SOURCE_URL,
+                            description="https URL of one model file.", examples=["https://models.example.com/m.gguf"])
+    hub: HubSource | None = None
+    secret: str | None = Field(
+        default=None, max_length=63,
+        description="Name of a secret configured on the server (its 'secrets' setting): the bearer token, the"
+        " CA to trust and the manifest signing key of this source. Never the credential itself.")
+    manifest: dict[str, str] | None = Field(
+        default=None, max_length=MAX_SOURCE_FILES,
+        description="file -> SHA-256 (64 hex digits) of every fetched file; when omitted, the signed"
+        " manifest.json next to the files is fetched.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        check_https_url(v, "modelSource.url")
+        name = v.rsplit("/", 1)[-1]
+        check_source_file(name, "the file name of modelSource.url")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and not SECRET_NAME_RE.match(v):
+            raise ValueError(f"modelSource.secret must be the name of a configured secret ({SECRET_NAME_PATTERN})")
+        return v
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return None
+        out: dict[str, str] = {}
+        for name, digest in v.items():
+            check_source_file(name, "a modelSource.manifest file name")
+            if not isinstance(digest, str) or not SHA256_RE.match(digest.lower()):
+                raise ValueError(f"modelSource.manifest[{name!r}] must be a SHA-256 (64 hex digits)")
+            out[name] = digest.lower()
+        return out
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.url is None) == (self.hub is None):
+            raise ValueError("modelSource needs exactly one of url or hub")
+        if self.manifest is not None:
+            missing = [f for f in self.files if f not in self.manifest]
+            if missing:
+                raise ValueError(f"modelSource.manifest has no SHA-256 for {', '.join(missing)}")
+        return self
+
+    @property
+    def files(self) -> list[str]:
+        """The files fetched: the URL's file name, or the hub's files."""
+        if self.hub is not None:
+            return list(self.hub.files)
+        assert self.url is not None
+        return [self.url.rsplit("/", 1)[-1]]
+
+    @property
+    def served(self) -> str:
+        """The file served (relative to the fetched folder); empty: the folder (a Hugging Face model)."""
+        files = self.files
+        if self.url is not None:
+            return files[0]
+        ggufs = [f for f in files if f.lower().endswith(".gguf")]
+        return sorted(ggufs)[0] if ggufs else ""
+
+
+def _source_model_file(source: Any) -> str | None:
+    """``/modelsource/<file>`` for a raw ``modelSource`` (None when it is not one we can name)."""
+    if not isinstance(source, dict):
+        return None
+    url, hub = source.get("url"), source.get("hub")
+    if isinstance(url, str) and "/" in url:
+        name = url.rsplit("/", 1)[-1]
+    elif isinstance(hub, dict) and isinstance(hub.get("files"), list) and isinstance(hub.get("repo"), str):
+        ggufs = sorted(f for f in hub["files"] if isinstance(f, str) and f.lower().endswith(".gguf"))
+        name = ggufs[0] if ggufs else hub["repo"].rsplit("/", 1)[-1]
+    else:
+        return None
+    if not name or has_control_chars(name) or len(name) > MAX_SOURCE_FILE_NAME:
+        return None
+    return f"{SOURCE_ROOT}/{name}"
+
+
 class DeploySpec(_Strict):
     """The body of ``POST /api/v1/modserv/deploy``."""
 
@@ -162,6 +344,10 @@ class DeploySpec(_Strict):
         json_schema_extra={"pattern": r"^/[^\x00-\x1f\x7f]*$"},
         examples=["/models/llama-3-8b"],
     )
+    modelSource: ModelSource | None = Field(
+        default=None,
+        description="Fetch the model from an https URL or a Hugging Face-compatible hub, with a named secret"
+        " (pipelines that fetch: privatellm). modelFile may then be omitted (it reads /modelsource/<file>).")
     resourceRequirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
     replicaCount: StrictInt = Field(default=1, ge=1, le=64)
     shimlet: str | None = Field(default=None, max_length=63,
@@ -209,6 +395,16 @@ class DeploySpec(_Strict):
         if ".." in PurePosixPath(v).parts:
             raise ValueError(f"modelFile must not contain '..' (got {v!r})")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_model_file(cls, data: Any) -> Any:
+        """With a ``modelSource`` and no ``modelFile``: ``/modelsource/<file>``, the fetched file."""
+        if isinstance(data, dict) and data.get("modelSource") is not None and "modelFile" not in data:
+            derived = _source_model_file(data["modelSource"])
+            if derived is not None:
+                return {**data, "modelFile": derived}
+        return data
 
     @field_validator("shimlet", "pipeline")
     @classmethod

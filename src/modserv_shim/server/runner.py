@@ -37,7 +37,8 @@ def build_registry(settings: Settings) -> Registry:
                 "shimlet": settings.shimlets,
                 "pipeline": {k: v.options for k, v in settings.pipelines.items()},
             },
-            server_settings={"host": settings.host, "port": settings.port},
+            server_settings={"host": settings.host, "port": settings.port,
+                             "secrets": {name: sec.plain() for name, sec in settings.secrets.items()}},
             policy=request_policy(settings),
             step_overrides=step_overrides(settings),
         )
