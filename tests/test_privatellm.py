@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modserv_shim.config import Settings
 from modserv_shim.pipelines.privatellm import PrivateLLMOptions, PrivateLLMPipeline
+from modserv_shim.plugins import PluginContext
+from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.pipeline_contract import PipelineContract
 from tests.conftest import REPO, Live, fake_settings
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
+from tests.test_pipeline_contract import ProbedFakeShimlet
 from tests.test_privatellm_server import ModelSourceServer, make_certs, sha256, write_signed_manifest
 
 TOKEN = "tok-RIGHT-5d9a1c0e7b"
@@ -293,7 +297,6 @@ def test_options_defaults() -> None:
 
 def test_docs_section_matches_the_code(tmp_path: Path) -> None:
     from modserv_shim.pipelines.privatellm.outputs import markdown
-    from modserv_shim.spec import DeploySpec
 
     page = (REPO / "docs" / "pipelines.md").read_text()
     section = page.split("\n## `privatellm`", 1)[1].split("\n## ", 1)[0]
@@ -311,3 +314,45 @@ def test_docs_section_matches_the_code(tmp_path: Path) -> None:
     for b in bodies:
         spec = DeploySpec.model_validate(b)
         assert spec.modelSource is not None and spec.modelFile.startswith("/modelsource/")
+
+
+# --- the plugin contract (idempotent steps, cancellation, crash-resume) with a real fetch
+
+
+@pytest.fixture
+def contract_source(tmp_path: Path) -> Iterator[ModelSourceServer]:
+    root = tmp_path / "source"
+    (root / "m").mkdir(parents=True)
+    write_tiny_llama_gguf(root / "m" / "tiny.gguf")
+    server = ModelSourceServer(root, make_certs(tmp_path / "certs"), TOKEN).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TestPrivateLLMContract(PipelineContract):
+    cancel_points = 16
+
+    @pytest.fixture
+    async def pipeline(self, tmp_path: Path, contract_source: ModelSourceServer) -> AsyncIterator[PrivateLLMPipeline]:
+        secrets = {"acme": {"token": TOKEN, "ca_file": str(contract_source.certs.ca)}}
+        p = PrivateLLMPipeline(PluginContext("privatellm", tmp_path, server_settings={"secrets": secrets}))
+        await p.start()
+        yield p
+        await p.close()
+
+    @pytest.fixture
+    def shimlet(self, tmp_path: Path) -> ProbedFakeShimlet:
+        return ProbedFakeShimlet(PluginContext("fake", tmp_path))
+
+    @pytest.fixture
+    def deploy_spec(self, contract_source: ModelSourceServer) -> DeploySpec:
+        gguf = contract_source.root / "m" / "tiny.gguf"
+        return DeploySpec.model_validate({
+            "modelName": "tiny", "resourceRequirements": {"memory": "2Gi"},
+            "modelSource": {"url": contract_source.url("m/tiny.gguf"), "secret": "acme",
+                            "manifest": {"tiny.gguf": sha256(gguf)}}})
+
+    def resources(self, shimlet: Any) -> set[str] | None:
+        return set(shimlet.resources())

@@ -132,6 +132,12 @@ class ModelSourceServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 30  # a client that went away does not hold a thread for ever
+
+            def setup(self) -> None:
+                self.request.settimeout(self.timeout)
+                self.request.do_handshake()  # here, not in the accepting thread: a stalled client blocks no one
+                super().setup()
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -201,7 +207,7 @@ class ModelSourceServer:
         ctx.load_cert_chain(self.certs.cert, self.certs.key)
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="model-source", daemon=True)
         self._thread.start()
