@@ -39,7 +39,13 @@ def _privatellm(ctx: PluginContext) -> Any:
     return PrivateLLMPipeline(ctx)
 
 
+def _quant(ctx: PluginContext) -> Any:
+    from modserv_shim.pipelines.quant import QuantPipeline
+
+    return QuantPipeline(ctx)
+
+
 BUILTINS: Mapping[Kind, Mapping[str, Callable[[PluginContext], Any]]] = {
     "shimlet": {"local": _local, "k8s": _k8s, "docker": _docker},
-    "pipeline": {"opensourcellm": _opensourcellm, "privatellm": _privatellm},
+    "pipeline": {"opensourcellm": _opensourcellm, "privatellm": _privatellm, "quant": _quant},
 }

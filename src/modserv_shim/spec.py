@@ -326,6 +326,30 @@ def _source_model_file(source: Any) -> str | None:
     return f"{SOURCE_ROOT}/{name}"
 
 
+QUANT_TYPE_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+
+class Quantization(_Strict):
+    """What the ``quant`` pipeline makes of the model (docs/pipelines.md).  The type is checked against
+    llama.cpp's list by the pipeline when the deploy is accepted (422 listing the valid ones)."""
+
+    type: str = Field(min_length=1, max_length=32,
+                      description="A llama.cpp quantization type (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, IQ4_XS, ...)"
+                      " or 'auto': the largest type whose memory estimate fits resourceRequirements.",
+                      examples=["Q4_K_M"], json_schema_extra={"pattern": QUANT_TYPE_RE.pattern})
+    allowRequantize: StrictBool = Field(
+        default=False, description="Quantize a file that is quantized already (quality drops; off by default).")
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        v = v.strip()
+        if not QUANT_TYPE_RE.match(v):
+            raise ValueError("quantization.type must be a llama.cpp type such as 'Q4_K_M', or 'auto'"
+                             f" (got {_short(v)})")
+        return "auto" if v.lower() == "auto" else v.upper()
+
+
 class DeploySpec(_Strict):
     """The body of ``POST /api/v1/modserv/deploy``."""
 
@@ -369,6 +393,9 @@ class DeploySpec(_Strict):
         description="Seconds the health check may take (default grows with model size).")
     contextLength: StrictInt | None = Field(default=None, ge=128, le=1_048_576)
     workloadType: Literal["Deployment", "StatefulSet"] = "Deployment"
+    quantization: Quantization | None = Field(
+        default=None, description="The quant pipeline: the type to quantize the model to before serving it.",
+        examples=[{"type": "Q4_K_M", "allowRequantize": False}])
 
     @field_validator("modelName")
     @classmethod
