@@ -1,6 +1,6 @@
 """Fetch throughput of the privatellm pipeline from a local HTTPS server (issue 11).
 
-The server is tests/test_privatellm_server.py's (stdlib ``http.server`` + ``ssl``, a CA made here,
+The server is tests/helpers/https_file_server.py's (stdlib ``http.server`` + ``ssl``, a CA made here,
 bearer-token auth, ``Range``) serving SmolLM2 (98 MB); the client is the pipeline's own
 ``fetch_all`` with the client a secret builds (its CA, its token).  Cases, each run ``--runs``
 times into an empty cache, median reported:
@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.test_privatellm_server import ModelSourceServer, make_certs  # noqa: E402
+from tests.helpers.https_file_server import ModelSourceServer, make_certs  # noqa: E402
 
 from modserv_shim.pipelines.privatellm.fetch import FileJob, fetch_all  # noqa: E402
 from modserv_shim.pipelines.privatellm.sources import Secret, client  # noqa: E402

@@ -15,27 +15,9 @@ from modserv_shim.kit.pipeline import DeclaredPipeline, Output, step
 from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
 from modserv_shim.plugins import DeployContext, LaunchSpec, Phase, PluginContext, StepContext
 from modserv_shim.spec import DeploySpec
-from modserv_shim.testing.fake_shimlet import FakeShimlet
+from modserv_shim.testing.fake_shimlet import FakeShimlet, ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import PipelineContract, ServiceState
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-
-
-class ProbedFakeShimlet(FakeShimlet):
-    """TEST DOUBLE: the fake shimlet, answering the health check's requests itself (EndpointProber)."""
-
-    def __init__(self, ctx: PluginContext) -> None:
-        super().__init__(ctx)
-        self.served: dict[str, str] = {}
-
-    async def create(self, ctx: DeployContext) -> str:
-        rid = await super().create(ctx)
-        self.served[rid] = ctx.launch.served_model_name
-        return rid
-
-    async def request(self, resource_id: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        if path == "/v1/models":
-            return 200, {"data": [{"id": self.served.get(resource_id)}]}
-        return 200, {"choices": [{"text": " hi"}]}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The privatellm pipeline against a real HTTPS model source (tests/test_privatellm_server.py).
+"""The privatellm pipeline against a real HTTPS model source (tests/helpers/https_file_server.py).
 
 Real TLS with a CA made here and trusted through the secret's ca_file, bearer-token auth, Range
 requests, a connection dropped mid-body, Ed25519-signed manifests, the REST API on the local
@@ -23,11 +23,11 @@ from modserv_shim.config import Settings
 from modserv_shim.pipelines.privatellm import PrivateLLMOptions, PrivateLLMPipeline
 from modserv_shim.plugins import PluginContext
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.fake_shimlet import ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import PipelineContract
 from tests.conftest import REPO, Live, fake_settings
+from tests.helpers.https_file_server import ModelSourceServer, make_certs, sha256, write_signed_manifest
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.test_pipeline_contract import ProbedFakeShimlet
-from tests.test_privatellm_server import ModelSourceServer, make_certs, sha256, write_signed_manifest
 
 TOKEN = "tok-RIGHT-5d9a1c0e7b"
 WRONG = "tok-WRONG-0c4f2e8a91"

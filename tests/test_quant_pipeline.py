@@ -35,11 +35,11 @@ from modserv_shim.pipelines.quant.types import (
 )
 from modserv_shim.plugins import PluginContext
 from modserv_shim.spec import DeploySpec, ResourceRequirements
+from modserv_shim.testing.fake_shimlet import ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import ContractContext, PipelineContract, ServiceState
 from tests.conftest import Live, fake_settings
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.test_e2e_local import FAST_LOCAL, SMOLLM2, alive, replica_pids
-from tests.test_pipeline_contract import ProbedFakeShimlet
 
 WORKER = "modserv_shim.pipelines.quant.worker"
 GIB = 2**30

@@ -23,7 +23,8 @@ Modules:
   entry point found and accepted the way the server does at start-up;
 * test doubles, named ``Fake*`` and documented as TEST DOUBLE:
   :class:`FakeShimlet` (workloads are records in a file, steered by ``FAKE_*`` env
-  keys), :class:`FakePipeline` (three steps; failures, sleeps and gates steered by
+  keys), :class:`ProbedFakeShimlet` (the same, answering the health check's requests
+  itself), :class:`FakePipeline` (three steps; failures, sleeps and gates steered by
   ``FAKE_*`` env keys), :class:`OpenAIStub` (an OpenAI-compatible HTTP server that
   serves no model; also ``python -m modserv_shim.testing.openai_stub``);
 * :mod:`modserv_shim.testing.pytest_plugin` -- fixtures (``plugin_context``,
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from modserv_shim.testing.contexts import make_deploy_context, make_deploy_spec, make_plugin_context, stub_launch
 from modserv_shim.testing.fake_pipeline import FakePipeline
-from modserv_shim.testing.fake_shimlet import FakeShimlet
+from modserv_shim.testing.fake_shimlet import FakeShimlet, ProbedFakeShimlet
 from modserv_shim.testing.openai_stub import OpenAIStub
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ __all__ = [
     "FakePipeline",
     "FakeShimlet",
     "OpenAIStub",
+    "ProbedFakeShimlet",
     "ShimletContract",
     "discover_plugin",
     "make_deploy_context",

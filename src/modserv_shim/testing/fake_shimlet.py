@@ -100,3 +100,28 @@ class FakeShimlet:
         data[resource_id]["status"] = status
         data[resource_id]["reason"] = reason
         self._save(data)
+
+
+class ProbedFakeShimlet(FakeShimlet):
+    """TEST DOUBLE: :class:`FakeShimlet` that also answers the default pipeline's health check itself.
+
+    It is an ``EndpointProber``: ``/v1/models`` lists the served model and a completion answers
+    ``" hi"``, so a pipeline built on opensourcellm runs through health-check with no server at all
+    (what :class:`~modserv_shim.testing.pipeline_contract.PipelineContract` needs for a quick run).
+    """
+
+    name = "fake"
+
+    def __init__(self, ctx: PluginContext) -> None:
+        super().__init__(ctx)
+        self.served: dict[str, str] = {}
+
+    async def create(self, ctx: DeployContext) -> str:
+        rid = await super().create(ctx)
+        self.served[rid] = ctx.launch.served_model_name
+        return rid
+
+    async def request(self, resource_id: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        if path == "/v1/models":
+            return 200, {"data": [{"id": self.served.get(resource_id)}]}
+        return 200, {"choices": [{"text": " hi"}]}
