@@ -55,7 +55,8 @@ def quant_settings(tmp_path: Path, cache: Path, **kw: Any):  # type: ignore[no-u
 
 def quant_body(name: str, model: Path, quantization: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"modelName": name, "modelFile": str(model), "pipeline": "quant",
-                            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, **extra}
+                            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}}
+    body.update(extra)
     if quantization is not None:
         body["quantization"] = quantization
     return body
@@ -244,6 +245,14 @@ async def test_unknown_or_missing_quantization_is_a_422(start_server, tmp_path: 
     body = await live.call("POST", "/api/v1/modserv/deploy", expect=422,
                            json=quant_body("tiny", model, {"type": "Q4 K M"}))
     assert "quantization.type must be a llama.cpp type" in str(body)
+    # The default pipeline would silently serve the model unquantized: refused, pointing at the right pipeline.
+    body = await live.call("POST", "/api/v1/modserv/deploy", expect=422,
+                           json=quant_body("tiny", model, {"type": "Q4_K_M"}, pipeline="opensourcellm"))
+    assert body["details"][0]["field"] == "quantization"
+    assert 'the opensourcellm pipeline does not use quantization; it is for the quant pipeline' in body["message"]
+    body = await live.call("POST", "/api/v1/modserv/deploy", expect=422, json=quant_body(
+        "tiny", model, None, pipeline="quant", modelSource={"url": "https://models.example/tiny.gguf"}))
+    assert "the quant pipeline does not use modelSource; it is for the privatellm pipeline" in body["message"]
 
 
 @needs_smollm2

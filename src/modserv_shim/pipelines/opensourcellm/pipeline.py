@@ -32,6 +32,7 @@ from typing import ClassVar
 import httpx
 from pydantic import Field
 
+from modserv_shim.allowlist import refuse
 from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
 from modserv_shim.kit.options import PluginOptions
 from modserv_shim.kit.pipeline import DeclaredPipeline, step
@@ -91,12 +92,18 @@ class OpenSourceLLMOptions(PluginOptions):
     probe_prompt: str = Field("Hello", description="prompt of the health check's one-token completion")
 
 
+# Optional request fields that only some pipelines act on, and the built-in pipeline that does.
+EXTENSION_FIELDS: Mapping[str, str] = {"quantization": "quant", "modelSource": "privatellm"}
+
+
 class OpenSourceLLMPipeline(DeclaredPipeline):
     """The default deploy flow; options: :class:`OpenSourceLLMOptions`."""
 
     name = "opensourcellm"
     Options = OpenSourceLLMOptions
     options: OpenSourceLLMOptions
+    uses_fields: ClassVar[frozenset[str]] = frozenset()
+    """Which of :data:`EXTENSION_FIELDS` this pipeline acts on; a request setting another is refused (422)."""
 
     def __init__(self, ctx: PluginContext) -> None:
         super().__init__(ctx)
@@ -125,6 +132,10 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
         actually chosen.  The flags are those of the program the shimlet runs for the runtime
         (:func:`~modserv_shim.plugins.runtime_program`; llama.cpp has two).
         """
+        for name, used_by in EXTENSION_FIELDS.items():
+            if getattr(spec, name) is not None and name not in self.uses_fields:
+                raise refuse(name, f"the {self.name} pipeline does not use {name}; it is for the {used_by}"
+                             f' pipeline ("pipeline": "{used_by}")')
         target: Target = "local" if launch_target(shimlet) == "local" else "container"
         first: ValidationFailed | None = None
         for runtime in _candidates(spec):

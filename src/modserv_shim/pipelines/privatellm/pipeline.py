@@ -58,6 +58,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
     """opensourcellm + model-fetch + model-verification; options: :class:`PrivateLLMOptions`."""
 
     name = "privatellm"
+    uses_fields = frozenset({"modelSource"})
     Options = PrivateLLMOptions
     options: PrivateLLMOptions
 

@@ -84,6 +84,7 @@ class QuantPipeline(OpenSourceLLMPipeline):
     """opensourcellm + model-quantization; options: :class:`QuantOptions`."""
 
     name = "quant"
+    uses_fields = frozenset({"quantization"})
     Options = QuantOptions
     options: QuantOptions
 
