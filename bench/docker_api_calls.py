@@ -42,6 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.benchlib import tree, write_json  # noqa: E402
 from tests.helpers import docker_images as di  # noqa: E402
 from tests.helpers.docker_engine import ENV_HOST, DockerEngine, OwnDockerd  # noqa: E402
 
@@ -349,15 +350,6 @@ async def run(args: argparse.Namespace, engine: DockerEngine, image: str) -> lis
     return rows
 
 
-def tree() -> str:
-    """The commit measured, and whether src/ had uncommitted changes (others work in the same tree)."""
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True,
-                           text=True, check=False).stdout
-    changed = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
-    return head.stdout.strip() + (f" + uncommitted changes in src/: {changed}" if changed else "")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -408,9 +400,7 @@ def main() -> int:
               f" {r['a_2s_poll_per_service_would_send_per_minute']} / min |")
     print("\nDeploy calls (all services): " + "; ".join(
         f"N={r['services']}: " + ", ".join(f"{k} x{v}" for k, v in r["deploy_calls"].items()) for r in rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import benchlib  # noqa: E402
+from bench.benchlib import free_port, tree, write_json  # noqa: E402
 from tests.helpers import docker_images as di  # noqa: E402
 from tests.helpers.docker_engine import ENV_HOST, DockerEngine, OwnDockerd  # noqa: E402
 
@@ -65,19 +66,9 @@ SHIM_PHASES = ("accept", "to create", "engine create+start", "runtime start", "h
 HAND_PHASES = ("CLI to create", "engine create+start", "runtime start")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def wait_until(pred: Any, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(POLL)
-    raise TimeoutError("condition not met")
+    benchlib.wait_until(pred, timeout, POLL)
 
 
 PROBE = httpx.Client(timeout=1, trust_env=False)
@@ -229,15 +220,6 @@ def same_container(engine: DockerEngine, a: str, b: str) -> list[str]:
     return out
 
 
-def tree() -> str:
-    """The commit measured, and whether src/ had uncommitted changes (others work in the same tree)."""
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True,
-                           text=True, check=False).stdout
-    changed = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
-    return head.stdout.strip() + (f" + uncommitted changes in src/: {changed}" if changed else "")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -368,9 +350,7 @@ def main() -> int:
     for arm, names in (("through_shim", list(shim_phases[0])), ("by_hand", list(HAND_PHASES))):
         print(f"\n| {arm} | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
         print("| median | " + " | ".join(f"{r['median_phase_ms'][arm][k]} ms" for k in names) + " |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

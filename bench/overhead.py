@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,24 +36,16 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import benchlib  # noqa: E402
+from bench.benchlib import free_port, write_json  # noqa: E402
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf  # noqa: E402
 
 POLL = 0.01
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def wait_until(pred: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(POLL)
-    raise TimeoutError("condition not met")
+    benchlib.wait_until(pred, timeout, POLL)
 
 
 PROBE = httpx.Client(timeout=1)  # one client: building one per poll costs ~50 ms of CPU
@@ -190,9 +181,7 @@ def main() -> int:
     print("\n| client | " + " | ".join(PHASES) + " |\n|---|" + "---|" * len(PHASES))
     for arm in arms:
         print(f"| {arm} | " + " | ".join(f"{result[arm]['median_phase_ms'][k]} ms" for k in PHASES) + " |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 
