@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from modserv_shim.kit.pipeline import DeclaredPipeline, Output, step
 from modserv_shim.pipelines.opensourcellm import OpenSourceLLMPipeline
 from modserv_shim.plugins import DeployContext, LaunchSpec, Phase, PluginContext, StepContext
 from modserv_shim.spec import DeploySpec
-from modserv_shim.testing.fake_shimlet import FakeShimlet, ProbedFakeShimlet
+from modserv_shim.testing.fake_shimlet import FakeShimlet
 from modserv_shim.testing.pipeline_contract import PipelineContract, ServiceState
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 
@@ -27,25 +26,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class TestOpenSourceLLMContract(PipelineContract):
     cancel_points = 16
-
-    @pytest.fixture
-    async def pipeline(self, tmp_path: Path) -> AsyncIterator[OpenSourceLLMPipeline]:
-        p = OpenSourceLLMPipeline(PluginContext("opensourcellm", tmp_path))
-        await p.start()
-        yield p
-        await p.close()
-
-    @pytest.fixture
-    def shimlet(self, tmp_path: Path) -> ProbedFakeShimlet:
-        return ProbedFakeShimlet(PluginContext("fake", tmp_path))
+    factory = OpenSourceLLMPipeline
 
     @pytest.fixture
     def deploy_spec(self, tiny_model: Path) -> DeploySpec:  # a memory limit: the fit check runs too
         return DeploySpec.model_validate({"modelName": "tiny", "modelFile": str(tiny_model),
                                           "resourceRequirements": {"memory": "2Gi"}})
-
-    def resources(self, shimlet: Any) -> set[str] | None:
-        return set(shimlet.resources())
 
 
 # --- the contract has teeth: each of these pipelines breaks one rule

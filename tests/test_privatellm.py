@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modserv_shim.config import Settings
 from modserv_shim.pipelines.privatellm import PrivateLLMOptions, PrivateLLMPipeline
-from modserv_shim.plugins import PluginContext
 from modserv_shim.spec import DeploySpec
-from modserv_shim.testing.fake_shimlet import ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import PipelineContract
 from tests.conftest import REPO, Live, fake_settings
 from tests.helpers.https_file_server import ModelSourceServer, make_certs, sha256, write_signed_manifest
@@ -333,18 +331,11 @@ def contract_source(tmp_path: Path) -> Iterator[ModelSourceServer]:
 
 class TestPrivateLLMContract(PipelineContract):
     cancel_points = 16
+    factory = PrivateLLMPipeline
 
     @pytest.fixture
-    async def pipeline(self, tmp_path: Path, contract_source: ModelSourceServer) -> AsyncIterator[PrivateLLMPipeline]:
-        secrets = {"acme": {"token": TOKEN, "ca_file": str(contract_source.certs.ca)}}
-        p = PrivateLLMPipeline(PluginContext("privatellm", tmp_path, server_settings={"secrets": secrets}))
-        await p.start()
-        yield p
-        await p.close()
-
-    @pytest.fixture
-    def shimlet(self, tmp_path: Path) -> ProbedFakeShimlet:
-        return ProbedFakeShimlet(PluginContext("fake", tmp_path))
+    def server_settings(self, contract_source: ModelSourceServer) -> dict[str, Any]:
+        return {"secrets": {"acme": {"token": TOKEN, "ca_file": str(contract_source.certs.ca)}}}
 
     @pytest.fixture
     def deploy_spec(self, contract_source: ModelSourceServer) -> DeploySpec:
@@ -353,6 +344,3 @@ class TestPrivateLLMContract(PipelineContract):
             "modelName": "tiny", "resourceRequirements": {"memory": "2Gi"},
             "modelSource": {"url": contract_source.url("m/tiny.gguf"), "secret": "acme",
                             "manifest": {"tiny.gguf": sha256(gguf)}}})
-
-    def resources(self, shimlet: Any) -> set[str] | None:
-        return set(shimlet.resources())

@@ -387,23 +387,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class TestQuantContract(PipelineContract):
     cancel_points = 14
-
-    @pytest.fixture
-    async def pipeline(self, tmp_path: Path) -> AsyncIterator[QuantPipeline]:
-        p = QuantPipeline(PluginContext("quant", tmp_path))
-        await p.start()
-        yield p
-        await p.close()
-
-    @pytest.fixture
-    def shimlet(self, tmp_path: Path) -> ProbedFakeShimlet:
-        return ProbedFakeShimlet(PluginContext("fake", tmp_path))
+    factory = QuantPipeline
 
     @pytest.fixture
     def deploy_spec(self, tiny_model: Path) -> DeploySpec:
         return DeploySpec.model_validate({"modelName": "tiny", "modelFile": str(tiny_model),
                                           "resourceRequirements": {"memory": "2Gi"},
                                           "quantization": {"type": "Q8_0"}})
-
-    def resources(self, shimlet: Any) -> set[str] | None:
-        return set(shimlet.resources())

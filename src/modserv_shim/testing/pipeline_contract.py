@@ -1,24 +1,20 @@
 """The pipeline contract, as tests any pipeline can run (with pytest and pytest-asyncio).
 
-A pipeline's test module subclasses :class:`PipelineContract` and provides three fixtures;
-every test below then runs against them::
+A pipeline's test module subclasses :class:`PipelineContract`, names the factory and gives a
+request the pipeline deploys successfully; every test below then runs against them::
 
     class TestMyPipelineContract(PipelineContract):
-        @pytest.fixture
-        async def pipeline(self, tmp_path):          # a started pipeline; closed afterwards
-            p = MyPipeline(PluginContext("mine", tmp_path))
-            yield p
+        factory = MyPipeline                         # built on a fresh data dir, started, closed
+        options = {"cache_dir": "/tmp/x"}            # its options, as the config file would give them
 
         @pytest.fixture
-        def shimlet(self, tmp_path):                 # where its steps create workloads
-            return FakeShimlet(PluginContext("fake", tmp_path))
-
-        @pytest.fixture
-        def deploy_spec(self, tmp_path):             # a request the pipeline deploys successfully
+        def deploy_spec(self, tmp_path):
             return DeploySpec(modelName="tiny", modelFile=str(tiny_model))
 
-        def resources(self, shimlet):                # optional: the workloads the environment holds
-            return set(shimlet.resources())
+The steps create workloads on a :class:`~modserv_shim.testing.fake_shimlet.ProbedFakeShimlet`
+(override the ``shimlet`` fixture for another, and ``resources(shimlet)`` to say which
+workloads the environment holds); ``plugin_options`` and ``server_settings`` are fixtures too,
+for values that depend on other fixtures, and ``pipeline`` can be overridden whole.
 
 What is checked is what the core relies on:
 
@@ -48,10 +44,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import pytest_asyncio
 
 from modserv_shim.kit.pipeline import DeclaredPipeline
-from modserv_shim.plugins import PHASE_ORDER, Pipeline, Shimlet, StepSpec
+from modserv_shim.plugins import PHASE_ORDER, Lifecycle, Pipeline, PluginContext, Shimlet, StepSpec
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.fake_shimlet import FakeShimlet, ProbedFakeShimlet
+
+PipelineFactory = Callable[[PluginContext], Any]
+"""A plugin factory: called with a :class:`PluginContext`, returns the pipeline (usually its class)."""
 
 
 @dataclass
@@ -120,23 +121,58 @@ class PipelineContract:
     cancel_points: ClassVar[int] = 30
     """How many moments each step is cancelled at (the first loop turns, then growing delays)."""
 
-    # -------------------------------------------- fixtures a subclass provides
+    factory: ClassVar[PipelineFactory | None] = None
+    """The plugin factory (usually the pipeline class); used by the default ``pipeline`` fixture."""
+    options: ClassVar[Mapping[str, Any]] = {}
+    """The pipeline's options for the default ``plugin_options`` fixture."""
+    plugin_name: ClassVar[str | None] = None
+    """The name the pipeline is registered under; default: the factory's ``name``."""
+
+    # ------------------------------------------ fixtures a subclass may override
 
     @pytest.fixture
-    def pipeline(self) -> Pipeline:
-        raise NotImplementedError("a PipelineContract subclass must provide the 'pipeline' fixture")
+    def plugin_options(self) -> Mapping[str, Any]:
+        return dict(self.options)
 
     @pytest.fixture
-    def shimlet(self) -> Shimlet:
-        raise NotImplementedError("a PipelineContract subclass must provide the 'shimlet' fixture")
+    def server_settings(self) -> Mapping[str, Any]:
+        """``PluginContext.server_settings`` of the default ``pipeline`` fixture (e.g. ``secrets``)."""
+        return {}
+
+    @pytest_asyncio.fixture
+    async def pipeline(self, tmp_path: Path, plugin_options: Mapping[str, Any],
+                       server_settings: Mapping[str, Any]) -> AsyncIterator[Any]:
+        """``factory`` built on a fresh data dir, started, and closed afterwards."""
+        factory = type(self).factory
+        if factory is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: set 'factory = YourPipeline' or override the 'pipeline' fixture")
+        name = self.plugin_name or str(getattr(factory, "name", "pipeline"))
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        obj = factory(PluginContext(name, data, plugin_options, server_settings))
+        if isinstance(obj, Lifecycle):
+            await obj.start()
+        try:
+            yield obj
+        finally:
+            if isinstance(obj, Lifecycle):
+                await obj.close()
+
+    @pytest.fixture
+    def shimlet(self, tmp_path: Path) -> Shimlet:
+        """Where the steps create workloads: a :class:`ProbedFakeShimlet` (it answers the health check)."""
+        data = tmp_path / "fake-shimlet"
+        data.mkdir(exist_ok=True)
+        return ProbedFakeShimlet(PluginContext("fake", data))
 
     @pytest.fixture
     def deploy_spec(self) -> DeploySpec:
         raise NotImplementedError("a PipelineContract subclass must provide the 'deploy_spec' fixture")
 
     def resources(self, shimlet: Shimlet) -> set[str] | None:
-        """The resource ids the environment holds now; None (the default): not checked."""
-        return None
+        """The resource ids the environment holds now (the fake shimlet's records); None: not checked."""
+        return set(shimlet.resources()) if isinstance(shimlet, FakeShimlet) else None
 
     @pytest.fixture
     async def services(self, shimlet: Shimlet) -> AsyncIterator[Callable[[], ServiceState]]:
