@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -17,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # ---------------------------------------------------------------------------------------------
 # Certificates
@@ -37,43 +31,7 @@ from tests.helpers.docker_engine import (
     storage_driver,
 )
 from tests.helpers.docker_shimlet import FAST
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-
-
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-          | None, *, ca: bool = False, server: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(issuer[0].subject if issuer else name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False), critical=True)
-    else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
-def _write_cert(cert: x509.Certificate, path: Path) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+from tests.helpers.pki import issue, new_ca, new_key, write_cert, write_key
 
 
 @dataclass(frozen=True)
@@ -91,16 +49,16 @@ class Certs:
 
 def make_certs(where: Path) -> Certs:
     where.mkdir(parents=True, exist_ok=True)
-    ca_key, other_key, server_key, client_key = _key(), _key(), _key(), _key()
-    ca = _cert("modserv test CA", ca_key, None, ca=True)
+    ca = new_ca("modserv test CA")
+    server_key, client_key = new_key(), new_key()
     files = Certs(where, where / "ca.pem", where / "server-cert.pem", where / "server-key.pem", where / "cert.pem",
                   where / "key.pem", where / "other-ca.pem")
-    _write_cert(ca, files.ca)
-    _write_cert(_cert("modserv other CA", other_key, None, ca=True), files.other_ca)
-    _write_cert(_cert("localhost", server_key, (ca, ca_key), server=True), files.server_cert)
-    _write_key(server_key, files.server_key)
-    _write_cert(_cert("modserv shim", client_key, (ca, ca_key)), files.cert)
-    _write_key(client_key, files.key)
+    write_cert(ca[0], files.ca)
+    write_cert(new_ca("modserv other CA")[0], files.other_ca)
+    write_cert(issue("localhost", server_key, ca, server=True), files.server_cert)
+    write_key(server_key, files.server_key)
+    write_cert(issue("modserv shim", client_key, ca), files.cert)
+    write_key(client_key, files.key)
     return files
 
 
