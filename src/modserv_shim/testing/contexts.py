@@ -15,12 +15,13 @@ processes really serves ``/v1/models``.  A container shimlet passes its own
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from modserv_shim.allowlist import RequestPolicy
-from modserv_shim.plugins import DeployContext, LaunchSpec, PluginContext
+from modserv_shim.plugins import DeployContext, LaunchSpec, Lifecycle, PluginContext
 from modserv_shim.spec import DeploySpec
 
 STUB_MODULE = "modserv_shim.testing.openai_stub"
@@ -100,3 +101,16 @@ def make_plugin_context(
     path = Path(data_dir)
     path.mkdir(parents=True, exist_ok=True)
     return PluginContext(name, path, dict(options or {}), dict(server_settings or {}), policy or RequestPolicy())
+
+
+@asynccontextmanager
+async def running_plugin(factory: Callable[[PluginContext], Any], ctx: PluginContext) -> AsyncIterator[Any]:
+    """``factory(ctx)``, started if it has ``start``/``close`` (``Lifecycle``), and closed afterwards."""
+    obj = factory(ctx)
+    if isinstance(obj, Lifecycle):
+        await obj.start()
+    try:
+        yield obj
+    finally:
+        if isinstance(obj, Lifecycle):
+            await obj.close()

@@ -47,8 +47,9 @@ import pytest
 import pytest_asyncio
 
 from modserv_shim.kit.pipeline import DeclaredPipeline
-from modserv_shim.plugins import PHASE_ORDER, Lifecycle, Pipeline, PluginContext, Shimlet, StepSpec
+from modserv_shim.plugins import PHASE_ORDER, Pipeline, PluginContext, Shimlet, StepSpec
 from modserv_shim.spec import DeploySpec
+from modserv_shim.testing.contexts import make_plugin_context, running_plugin
 from modserv_shim.testing.fake_shimlet import FakeShimlet, ProbedFakeShimlet
 
 PipelineFactory = Callable[[PluginContext], Any]
@@ -148,23 +149,14 @@ class PipelineContract:
             raise NotImplementedError(
                 f"{type(self).__name__}: set 'factory = YourPipeline' or override the 'pipeline' fixture")
         name = self.plugin_name or str(getattr(factory, "name", "pipeline"))
-        data = tmp_path / "data"
-        data.mkdir(exist_ok=True)
-        obj = factory(PluginContext(name, data, plugin_options, server_settings))
-        if isinstance(obj, Lifecycle):
-            await obj.start()
-        try:
+        ctx = make_plugin_context(tmp_path / "data", name, plugin_options, server_settings=server_settings)
+        async with running_plugin(factory, ctx) as obj:
             yield obj
-        finally:
-            if isinstance(obj, Lifecycle):
-                await obj.close()
 
     @pytest.fixture
     def shimlet(self, tmp_path: Path) -> Shimlet:
         """Where the steps create workloads: a :class:`ProbedFakeShimlet` (it answers the health check)."""
-        data = tmp_path / "fake-shimlet"
-        data.mkdir(exist_ok=True)
-        return ProbedFakeShimlet(PluginContext("fake", data))
+        return ProbedFakeShimlet(make_plugin_context(tmp_path / "fake-shimlet", "fake"))
 
     @pytest.fixture
     def deploy_spec(self) -> DeploySpec:

@@ -52,7 +52,6 @@ from modserv_shim.core.registry import check_shimlet
 from modserv_shim.errors import NotFound
 from modserv_shim.plugins import (
     DeployContext,
-    Lifecycle,
     LogSource,
     ResourcePhase,
     ResourceStatus,
@@ -60,7 +59,7 @@ from modserv_shim.plugins import (
     Shimlet,
     Watchable,
 )
-from modserv_shim.testing.contexts import make_deploy_context, make_plugin_context
+from modserv_shim.testing.contexts import make_deploy_context, make_plugin_context, running_plugin
 
 ContextFactory = Callable[[str, int], DeployContext]
 Deploy = Callable[[DeployContext], Awaitable[str]]
@@ -126,14 +125,8 @@ class ShimletContract:
             raise NotImplementedError(
                 f"{type(self).__name__}: set 'factory = YourShimlet' or override the 'shimlet' fixture")
         name = self.plugin_name or str(getattr(factory, "name", "shimlet"))
-        obj = factory(make_plugin_context(tmp_path / "data", name, plugin_options))
-        if isinstance(obj, Lifecycle):
-            await obj.start()
-        try:
+        async with running_plugin(factory, make_plugin_context(tmp_path / "data", name, plugin_options)) as obj:
             yield obj
-        finally:
-            if isinstance(obj, Lifecycle):
-                await obj.close()
 
     @pytest.fixture
     def make_context(self) -> ContextFactory:
