@@ -109,6 +109,27 @@ NAME_PATH_SIZE_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("label injection", {"resourceRequirements": {"acceleratorType": "H20,evil=1"}}, "acceleratorType"),
     ("string for a boolean", {"dryRun": "false"}, "dryRun"),
     ("number for a boolean", {"dryRun": 0}, "dryRun"),
+    # privatellm's model source: where the shim downloads from (credentials only from the server's config)
+    ("plain-HTTP source", {"modelSource": {"url": "http://models.example/x.gguf"}}, "must be an https:// URL"),
+    ("file source", {"modelSource": {"url": "file:///etc/passwd"}}, "must be an https:// URL"),
+    ("credentials in the source", {"modelSource": {"url": "https://u:p@models.example/x.gguf"}},
+     "must not carry a user or password"),
+    ("dot-dot in the source", {"modelSource": {"url": "https://models.example/a/../x.gguf"}}, "must not contain '..'"),
+    ("huge source URL", {"modelSource": {"url": "https://models.example/" + "x" * 5000}}, "modelSource"),
+    ("path out of the hub repo", {"modelSource": {"hub": {"endpoint": "https://hub.example", "repo": "a/b",
+                                                          "files": ["../../etc/passwd"]}}}, "without '..'"),
+    ("shell in the secret name", {"modelSource": {"url": "https://models.example/x.gguf", "secret": "a;rm -rf"}},
+     "modelSource.secret"),
+    ("a checksum that is no SHA-256", {"modelSource": {"url": "https://models.example/x.gguf",
+                                                       "manifest": {"x.gguf": "zz"}}}, "SHA-256"),
+    ("a source the pipeline would ignore", {"modelSource": {"url": "https://models.example/x.gguf"}},
+     "does not use modelSource"),
+    # quant's type: reaches the quantizer's arguments
+    ("shell in the quantization type", {"quantization": {"type": f"Q4;{SHELL}"}}, "quantization.type"),
+    ("huge quantization type", {"quantization": {"type": "Q" * 100}}, "quantization"),
+    ("string for allowRequantize", {"quantization": {"type": "Q4_K_M", "allowRequantize": "yes"}},
+     "allowRequantize"),
+    ("a quantization the pipeline would ignore", {"quantization": {"type": "Q4_K_M"}}, "does not use quantization"),
 ]
 
 ROWS = ENV_ROWS + ARG_ROWS + NAME_PATH_SIZE_ROWS
