@@ -13,6 +13,8 @@ gives the parts that make it short to write:
   with :func:`step` (handler, phase, timeout, retry policy, the :class:`Output` keys it
   reads and writes); a pipeline extends another by inserting, replacing or removing
   steps (:func:`insert`, :func:`replace_step`, :func:`remove`).
+* :mod:`modserv_shim.kit.files` -- :func:`~modserv_shim.kit.files.publish`: a file a step made
+  takes its final name atomically and durably (never seen half written).
 * :mod:`modserv_shim.allowlist` -- what a request may put into a process (each runtime
   in :mod:`modserv_shim.runtimes` declares the variables and flags it accepts).
 

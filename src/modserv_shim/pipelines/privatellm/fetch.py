@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import ssl
 import time
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import httpx
 
 from modserv_shim.errors import PermanentStepError, StepError
+from modserv_shim.kit.files import publish
 
 CHUNK = 1 << 20
 MIB = float(1 << 20)
@@ -141,18 +141,6 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
         raise _Broken(f"a 206 answer with an unreadable Content-Range: {value!r}") from None
 
 
-def _finish(part: Path, final: Path) -> None:
-    with part.open("rb+") as f:
-        os.fsync(f.fileno())
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_space(folder: Path, needed: int, name: str) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
@@ -209,7 +197,7 @@ async def fetch_file(job: FileJob, http: httpx.AsyncClient, progress: Progress, 
                     job.part.unlink(missing_ok=True)
                     raise _Broken(f"received {have} bytes, more than the {total} announced: starting over")
                 raise _Broken(f"the body ended at {mib(have)} of {mib(total)}")
-            await asyncio.to_thread(_finish, job.part, job.final)
+            await asyncio.to_thread(publish, job.part, job.final)
             state.state = "done"
             return
         except httpx.TooManyRedirects:

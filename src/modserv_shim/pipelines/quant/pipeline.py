@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
+from modserv_shim.kit.files import publish
 from modserv_shim.kit.pipeline import step
 from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, ModelInvalid, check_fit, inspect_model
 from modserv_shim.modelinfo.facts import GIB, gib
@@ -338,7 +339,7 @@ class QuantPipeline(OpenSourceLLMPipeline):
                 raise PermanentStepError(f"the disk of {final.parent} filled up while quantizing ({gib(free)} free):"
                                          f" {reason}")
             raise PermanentStepError(f"llama.cpp could not quantize {src} to {kind} {at}: {reason}")
-        await asyncio.to_thread(_publish, partial, final)
+        await asyncio.to_thread(publish, partial, final)
         ctx.log(f"quantized {progress.done}/{progress.total} tensors to {kind} in {time.monotonic() - t0:.1f} s"
                 f" (llama.cpp: {progress.seconds or 0:.1f} s): {final}")
 
@@ -381,13 +382,3 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _publish(partial: Path, final: Path) -> None:
-    """The finished file takes its final name at once (rename), and the rename is on disk."""
-    os.replace(partial, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
