@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -145,6 +146,8 @@ def main() -> int:
         api.close()
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)  # the model, data dir and server log: nothing left in /tmp
     ms = lambda x: round(x * 1000, 1)  # noqa: E731
     mh = statistics.median(hand)
     result: dict[str, Any] = {
