@@ -35,7 +35,7 @@ from tests.test_k8s_shimlet_inspect import VOLUME, modelinfo_job  # noqa: E402
 
 from modserv_shim.config import Settings  # noqa: E402
 from modserv_shim.logs import configure as configure_logs  # noqa: E402
-from modserv_shim.server.runner import build, build_registry  # noqa: E402
+from modserv_shim.server.runner import build, build_registry, uvicorn_config  # noqa: E402
 from modserv_shim.shimlets.k8s.naming import INSTANCE  # noqa: E402
 
 
@@ -65,8 +65,7 @@ async def measure(runs: int, ready_delay: float, work: Path) -> list[float]:
                                  port=free_port(), log_level="warning",
                                  shimlets={"k8s": options_for(sim, work, model_volume=VOLUME)})
         server = build(settings, build_registry(settings))
-        userver = uvicorn.Server(uvicorn.Config(server.app, host=settings.host, port=settings.port,
-                                                log_level="warning", lifespan="on"))
+        userver = uvicorn.Server(uvicorn_config(server, log_level="warning", lifespan="on"))
         task = asyncio.create_task(userver.serve())
         while not userver.started:
             await asyncio.sleep(0.01)

@@ -16,7 +16,7 @@ import uvicorn
 
 from modserv_shim.config import Settings
 from modserv_shim.core.registry import Registry
-from modserv_shim.server.runner import Server, build, build_registry
+from modserv_shim.server.runner import Server, build, build_registry, uvicorn_config
 from modserv_shim.testing.fake_pipeline import FakePipeline
 from modserv_shim.testing.fake_shimlet import FakeShimlet
 
@@ -98,8 +98,7 @@ def fake_settings(tmp_path: Path, **kw: Any) -> Settings:
 async def serve(settings: Settings, registry: Registry | None = None, headers: dict[str, str] | None = None) -> Live:
     """Run a real server in this process on ``settings.port``; stop it with ``Live.stop``."""
     srv = build(settings, registry or build_registry(settings))
-    userver = uvicorn.Server(uvicorn.Config(srv.app, host=settings.host, port=settings.port,
-                                            log_level="warning", lifespan="on"))
+    userver = uvicorn.Server(uvicorn_config(srv, log_level="warning", lifespan="on"))
     task = asyncio.create_task(userver.serve())
     await wait_for(lambda: _true(userver.started), timeout=10)
     url = f"http://{settings.host}:{settings.port}"

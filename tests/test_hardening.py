@@ -405,3 +405,25 @@ async def test_wait_for_bad_input(start_server, query: str, message: str) -> Non
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=DEPLOY))["data"]["serviceId"]
     body = await live.call("GET", f"/api/v1/modserv/{sid}?{query}")
     assert body["_status"] in (400, 422) and body["code"] == 1001 and message in body["message"], body
+
+
+async def test_an_idle_keep_alive_connection_outlives_the_clients_idle_timeout(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Regression (a CI flake, httpx.ReadError): uvicorn closed idle connections after 5 s, the same moment
+    httpx reuses them, so a request sent on a connection the server was closing failed with a reset.  The
+    server now keeps an idle connection longer than clients and proxies do."""
+    live = await start_server()
+    host, port = live.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            await asyncio.sleep(6)  # longer than httpx's keepalive_expiry and uvicorn's default
+        assert not reader.at_eof()
+    finally:
+        writer.close()

@@ -100,6 +100,10 @@ def build(settings: Settings, registry: Registry | None = None, **manager_kwargs
 
 
 GRACEFUL_SHUTDOWN = 10  # seconds open requests may take to finish once the server is told to stop
+# Seconds an idle keep-alive connection stays open.  Longer than the idle timeout of clients and proxies
+# (httpx 5 s, load balancers 60 s): when the server closes first, a request the client sends on that
+# connection at the same moment fails with a reset (uvicorn's default is 5 s, the same as httpx's).
+KEEP_ALIVE = 75
 
 
 class _Uvicorn(uvicorn.Server):
@@ -147,11 +151,17 @@ def check_tls(certfile: Path, keyfile: Path) -> None:
         raise TLSConfigError(f"{exc} ({keyfile})") from None
 
 
-def serve(server: Server) -> None:
+def uvicorn_config(server: Server, **overrides: Any) -> uvicorn.Config:
+    """How the server listens: address, TLS, keep-alive and shutdown times from the settings."""
     s = server.settings
     tls: dict[str, Any] = {}
     if s.tls_certfile is not None and s.tls_keyfile is not None:
         tls = {"ssl_certfile": str(s.tls_certfile), "ssl_keyfile": str(s.tls_keyfile)}
-    config = uvicorn.Config(server.app, host=s.host, port=s.port, log_level=s.log_level.lower(), access_log=False,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN, **tls)
-    _Uvicorn(config, server.manager).run()
+    options: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": s.log_level.lower(), "access_log": False,
+                               "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN, "timeout_keep_alive": KEEP_ALIVE,
+                               **tls, **overrides}
+    return uvicorn.Config(server.app, **options)
+
+
+def serve(server: Server) -> None:
+    _Uvicorn(uvicorn_config(server), server.manager).run()
