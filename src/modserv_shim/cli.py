@@ -1,4 +1,6 @@
-"""``model-serve-shim``: start the server (the brief's flags), print the version, or write a plugin project.
+"""``model-serve-shim``: start the server (the brief's flags), print the version, write a plugin project,
+or use a server as a client (:mod:`modserv_shim.client.cli`: deploy, status, list, logs, events, delete,
+scale, retry, plugins).
 
     model-serve-shim --port=8080 --shimlet=k8s --pipeline=opensourcellm
     model-serve-shim --version
@@ -7,7 +9,9 @@
     model-serve-shim new-plugin pipeline quantllm [--extends opensourcellm]
 
 Without a command the server starts (the options above are the server's); ``new-plugin``
-writes the skeleton of a plugin project (:mod:`modserv_shim.scaffold`).
+writes the skeleton of a plugin project (:mod:`modserv_shim.scaffold`); the client commands take
+their own options after the command (``model-serve-shim status ID --server URL``).
+``--install-completion`` / ``--show-completion`` set up shell completion.
 
 Precedence: flags > ``MODSERV_*`` environment > ``--config`` YAML file > defaults.
 
@@ -32,6 +36,7 @@ import typer
 from pydantic import ValidationError
 
 from modserv_shim import __version__
+from modserv_shim.client.cli import register as register_client
 from modserv_shim.config import Settings
 from modserv_shim.errors import ShimError
 from modserv_shim.server.auth import TokenTable, is_loopback
@@ -39,7 +44,7 @@ from modserv_shim.server.auth import TokenTable, is_loopback
 if TYPE_CHECKING:
     from modserv_shim.core.registry import Registry
 
-app = typer.Typer(add_completion=False, rich_markup_mode=None,  # [default: ...] in a help text is text
+app = typer.Typer(add_completion=True, rich_markup_mode=None,  # [default: ...] in a help text is text
                   help="ModelServeShim: deploy open-source LLMs as OpenAI-compatible services.")
 
 
@@ -220,6 +225,9 @@ def new_plugin(
     except ScaffoldError as exc:
         raise fail(str(exc)) from None
     typer.echo(report(names, target, written))
+
+
+register_client(app)
 
 
 def main() -> None:
