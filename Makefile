@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 MODEL   := .models/SmolLM2-135M-Instruct.Q4_1.gguf
+# llama.cpp's convert_hf_to_gguf.py (the quant pipeline's Hugging Face input), from the pinned llama-cpp-python's sdist
+CONVERT := $(VENV)/share/modserv-shim/llama.cpp-convert/VERSION
 
 .PHONY: setup demo test lint bench clean
 
@@ -17,13 +19,17 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing (llama-cpp-python compiles from source the first time: 3-8 minutes)..."
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev,llama]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev,llama,convert]'
 	touch $(STAMP)
 
-setup: $(STAMP) $(MODEL)
+setup: $(STAMP) $(MODEL) $(CONVERT)
 
 $(MODEL):
 	PYTHON=$(BIN)/python scripts/get-smollm2.sh
+
+$(CONVERT): $(STAMP)
+	$(BIN)/python scripts/get-llama-convert.py
+	touch $@
 
 ## Deploy the real SmolLM2 model through the API on the local shimlet and chat with it.
 demo: setup

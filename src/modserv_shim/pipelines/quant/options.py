@@ -21,4 +21,14 @@ class QuantOptions(OpenSourceLLMOptions):
     threads: int = Field(0, ge=0, le=1024, description="threads llama.cpp quantizes with (0: one per CPU core)")
     seconds_per_gib: float = Field(
         600.0, gt=0, le=86400,
-        description="model-quantization's timeout: 120 s plus this per GiB of input (hashing and quantizing)")
+        description="model-quantization's timeout: 120 s plus this per GiB of input (hashing and quantizing;"
+                    " for a Hugging Face folder, per GiB of the folder's weights and of the converted F16 file)")
+    convert_script: str | None = Field(
+        None, min_length=1,
+        description="llama.cpp's convert_hf_to_gguf.py, which converts a Hugging Face folder to GGUF before it is"
+                    " quantized (default: <sys.prefix>/share/modserv-shim/llama.cpp-convert/convert_hf_to_gguf.py,"
+                    " where scripts/get-llama-convert.py puts the version matching llama-cpp-python)")
+    convert_python: str | None = Field(
+        None, min_length=1,
+        description="the Python that runs convert_script; it needs the extra convert (torch, transformers,"
+                    " sentencepiece): pip install 'modserv-shim[convert]' (default: the shim's own)")

@@ -49,6 +49,7 @@ from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, Model
 from modserv_shim.modelinfo.facts import GIB, gib
 from modserv_shim.modelinfo.gguf_layout import read_layout
 from modserv_shim.pipelines.opensourcellm import FIT, MODEL, MODEL_FILE, MODEL_VALIDATION, OpenSourceLLMPipeline
+from modserv_shim.pipelines.quant.convert import convert_hf_folder
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.outputs import QUANTIZATION
 from modserv_shim.pipelines.quant.types import (
@@ -142,12 +143,15 @@ class QuantPipeline(OpenSourceLLMPipeline):
         allow = spec.quantization.allowRequantize
         facts = MODEL.get(ctx)
         src = Path(spec.modelFile)
+        hf_bytes = 0  # a Hugging Face folder is converted to an F16 GGUF file first (.convert)
         if facts.format != "gguf" or not await asyncio.to_thread(src.is_file):
-            raise PermanentStepError(
-                f"the quant pipeline takes a GGUF file for now; {src} is a Hugging Face folder (convert it with"
-                " llama.cpp's convert_hf_to_gguf.py first, or deploy it with the opensourcellm pipeline)")
+            converted = await convert_hf_folder(ctx, src, cache=self.cache_dir, options=self.options, kind=kind,
+                                                fit_check=self._fit_check(spec), record=self._record)
+            if converted is None:
+                return  # a dry run: what it would convert and serve is recorded
+            src, facts, hf_bytes = converted.file, converted.facts, converted.input_bytes
         size = (await asyncio.to_thread(src.stat)).st_size
-        ctx.set_timeout(BASE_SECONDS + self.options.seconds_per_gib * size / GIB)
+        ctx.set_timeout(BASE_SECONDS + self.options.seconds_per_gib * (size + hf_bytes) / GIB)
         layout = await asyncio.to_thread(read_layout, src)
         fit_check = self._fit_check(spec)
 
