@@ -6,8 +6,9 @@ Two plugin kinds sit around the core:
   must implement :class:`Shimlet` (``create`` / ``status`` / ``delete``) and may
   add optional capabilities, each a small Protocol checked with ``isinstance``
   (:data:`CAPABILITIES`): :class:`Scalable`, :class:`LogSource`, :class:`Watchable`,
-  :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`, and
-  :class:`Lifecycle` (start/close).  Two optional attributes describe what it runs:
+  :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`,
+  :class:`ModelVolumeSharer`, :class:`VolumeTaskRunner`, and :class:`Lifecycle` (start/close).
+  Two optional attributes describe what it runs:
   ``launch_target`` (:func:`launch_target`) and ``programs`` (:func:`runtime_program`).
 * a **pipeline** is an ordered list of :class:`StepSpec` plus
   ``run_step(step, ctx)``; see :class:`Pipeline`.  Written by hand, or declared step by
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, runtime_checkable
 
 from modserv_shim.allowlist import RequestPolicy
@@ -354,6 +355,102 @@ class EndpointProber(Protocol):
     ) -> tuple[int, Any]: ...
 
 
+@dataclass(frozen=True)
+class SharedModelVolume:
+    """The folder a shimlet's workloads see the model in, where files made for them can go too.
+
+    ``workload_root`` is where the workloads see it (a bind mount's target, a volume's mount
+    path).  ``host_root`` is the same folder on the shim's own host when the shim can read
+    and write it there (a host folder bound into the containers of a local Docker Engine);
+    None when only the shimlet's :class:`VolumeTaskRunner` reaches it (a Kubernetes volume).
+    Paths are POSIX paths; files the shim writes under ``host_root`` appear to the workloads
+    under ``workload_root``.
+    """
+
+    workload_root: str
+    host_root: Path | None = None
+
+    def relative(self, workload_path: str) -> PurePosixPath:
+        """``workload_path`` relative to ``workload_root``; ValueError when it lies outside."""
+        root, path = PurePosixPath(self.workload_root), PurePosixPath(workload_path)
+        if (path != root and root not in path.parents) or ".." in path.parts:
+            raise ValueError(f"{workload_path} is not under {self.workload_root}, where the workloads see the"
+                             " model volume")
+        return path.relative_to(root)
+
+    def on_host(self, workload_path: str) -> Path:
+        """Where the shim finds ``workload_path`` (ValueError: outside the volume, or no ``host_root``)."""
+        if self.host_root is None:
+            raise ValueError(f"the shim has no path of its own to {self.workload_root}")
+        return self.host_root / self.relative(workload_path)
+
+    def in_workload(self, host_path: Path) -> str:
+        """How the workloads see ``host_path``, a path under ``host_root``."""
+        if self.host_root is None:
+            raise ValueError(f"the shim has no path of its own to {self.workload_root}")
+        return str(PurePosixPath(self.workload_root) / host_path.relative_to(self.host_root).as_posix())
+
+
+@runtime_checkable
+class ModelVolumeSharer(Protocol):
+    """A container shimlet whose workloads see a whole folder (not only the model's own file), so a
+    pipeline may put a file it made for them there (the quant pipeline's quantized model).
+
+    ``shared_model_volume`` is called before a deploy is accepted and by the step: it answers
+    without I/O, and raises :class:`~modserv_shim.errors.ValidationFailed` with why the
+    workloads of ``spec`` see no such folder and what to configure instead.
+    """
+
+    def shared_model_volume(self, spec: DeploySpec) -> SharedModelVolume: ...
+
+
+@dataclass(frozen=True)
+class VolumeTask:
+    """A short program to run next to the model volume, mounted read-write, where the workloads run.
+
+    ``command`` is an argv in the shimlet's tool image (Python with ``modserv_shim``: the image of
+    its model validation), with paths as the workloads see them (under
+    :attr:`SharedModelVolume.workload_root`).  The program writes its report (a JSON line,
+    at most 4 KiB) to the file named by the environment variable :data:`TASK_REPORT_ENV`.
+    ``spec`` is the deploy's: its model volume, its nodes, its cpu and memory.  ``log``, when
+    set, gets a line about the task's progress (where it is, its phase) every
+    ``progress_seconds``.  ``kind`` is one short word naming the task (``quantize``).
+    """
+
+    kind: str
+    spec: DeploySpec
+    command: tuple[str, ...]
+    timeout: float
+    log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    progress_seconds: float = 2.0
+
+
+TASK_REPORT_ENV = "MODSERV_TASK_REPORT"
+
+
+@dataclass(frozen=True)
+class VolumeTaskResult:
+    """How a :class:`VolumeTask` ended: its exit code, its report, and where it ran (for messages)."""
+
+    exit_code: int | None
+    report: str
+    where: str
+    reason: str | None = None  # the environment's word for an abnormal end (OOMKilled, DeadlineExceeded)
+
+
+@runtime_checkable
+class VolumeTaskRunner(Protocol):
+    """Runs a :class:`VolumeTask` where the model volume is (a Kubernetes Job on the volume).
+
+    Returns once the program ended, whatever its exit code, and removes what it created.
+    Raises :class:`~modserv_shim.errors.PermanentStepError` when the program cannot run there
+    (its image cannot be pulled, no node can take it) and a retryable error when it did not
+    finish within ``timeout``.
+    """
+
+    async def run_volume_task(self, task: VolumeTask) -> VolumeTaskResult: ...
+
+
 CAPABILITIES: dict[str, type] = {
     "scale": Scalable,
     "logs": LogSource,
@@ -361,6 +458,8 @@ CAPABILITIES: dict[str, type] = {
     "render": WorkloadRenderer,
     "inspect-model": ModelInspector,
     "probe": EndpointProber,
+    "shared-model-volume": ModelVolumeSharer,
+    "volume-task": VolumeTaskRunner,
 }
 
 

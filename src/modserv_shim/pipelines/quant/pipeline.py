@@ -38,7 +38,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,6 +52,7 @@ from modserv_shim.pipelines.opensourcellm import FIT, MODEL, MODEL_FILE, MODEL_V
 from modserv_shim.pipelines.quant.convert import convert_hf_folder
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.outputs import QUANTIZATION
+from modserv_shim.pipelines.quant.placement import Placement, place, quantize_on_volume
 from modserv_shim.pipelines.quant.types import (
     AUTO,
     LlamaCppMissing,
@@ -63,7 +64,7 @@ from modserv_shim.pipelines.quant.types import (
     quantized_facts,
     valid_types,
 )
-from modserv_shim.plugins import RetryPolicy, Shimlet, StepContext, launch_target
+from modserv_shim.plugins import RetryPolicy, Shimlet, StepContext
 from modserv_shim.spec import DeploySpec
 
 MODEL_QUANTIZATION = "model-quantization"
@@ -99,7 +100,8 @@ class QuantPipeline(OpenSourceLLMPipeline):
     # --------------------------------------------------------------- requests
 
     def check_request(self, spec: DeploySpec, shimlet: Shimlet) -> None:
-        """opensourcellm's checks, a ``quantization`` with a type llama.cpp knows, and a local shimlet."""
+        """opensourcellm's checks, a ``quantization`` with a type llama.cpp knows, and a shimlet whose workloads
+        can read what the step makes (:func:`.placement.place`)."""
         super().check_request(spec, shimlet)
         q = spec.quantization
         try:
@@ -112,10 +114,7 @@ class QuantPipeline(OpenSourceLLMPipeline):
             raise ValidationFailed(str(exc), details={"field": "quantization.type", "valid": valid_types()}) from None
         except LlamaCppMissing as exc:
             raise ValidationFailed(str(exc)) from None
-        if launch_target(shimlet) != "local":
-            raise ValidationFailed(
-                f"the quant pipeline serves the quantized file from the shim's own cache, which the {shimlet.name}"
-                " shimlet's workloads cannot see yet; deploy it with the local shimlet")
+        place(shimlet, spec, self.cache_dir)
 
     # ---------------------------------------------------- 1. model-validation
 
@@ -142,21 +141,30 @@ class QuantPipeline(OpenSourceLLMPipeline):
             raise PermanentStepError(str(exc)) from None
         allow = spec.quantization.allowRequantize
         facts = MODEL.get(ctx)
-        src = Path(spec.modelFile)
+        where = place(ctx.shimlet, spec, self.cache_dir, strict=False)
+        readable = where.source(spec.modelFile)  # None: only a task on the model volume reads it
+        src = readable or Path(spec.modelFile)
         hf_bytes = 0  # a Hugging Face folder is converted to an F16 GGUF file first (.convert)
-        if facts.format != "gguf" or not await asyncio.to_thread(src.is_file):
-            converted = await convert_hf_folder(ctx, src, cache=self.cache_dir, options=self.options, kind=kind,
-                                                fit_check=self._fit_check(spec), record=self._record)
+        if facts.format != "gguf" or (readable is not None and not await asyncio.to_thread(src.is_file)):
+            if readable is None:
+                raise PermanentStepError(
+                    f"{spec.modelFile} is a Hugging Face folder, and on the {ctx.shimlet.name} shimlet the quant"
+                    " pipeline takes GGUF files only (it converts folders on the shim's host): convert it with"
+                    " llama.cpp's convert_hf_to_gguf.py first, or deploy it with the opensourcellm pipeline")
+            converted = await convert_hf_folder(ctx, src, cache=where.cache or self.cache_dir, options=self.options,
+                                                kind=kind, fit_check=self._fit_check(spec), record=self._record)
             if converted is None:
                 return  # a dry run: what it would convert and serve is recorded
             src, facts, hf_bytes = converted.file, converted.facts, converted.input_bytes
-        size = (await asyncio.to_thread(src.stat)).st_size
+        size = (await asyncio.to_thread(src.stat)).st_size if readable else facts.weights_bytes
         ctx.set_timeout(BASE_SECONDS + self.options.seconds_per_gib * (size + hf_bytes) / GIB)
-        layout = await asyncio.to_thread(read_layout, src)
+        layout = await asyncio.to_thread(read_layout, src) if readable else None
+        tensors = layout.tensors if layout is not None else None
+        shown = spec.modelFile if src == readable or readable is None else where.served(src)  # as workloads see it
         fit_check = self._fit_check(spec)
 
         if kind == AUTO:
-            choice = await asyncio.to_thread(choose_auto, facts, fit_check, layout.tensors)
+            choice = await asyncio.to_thread(choose_auto, facts, fit_check, tensors)
             if choice is None:
                 raise ModelDoesNotFit(f"no quantization type makes {spec.modelName} fit:"
                                       f" {(await asyncio.to_thread(fit_check, facts)).message}")
@@ -164,16 +172,16 @@ class QuantPipeline(OpenSourceLLMPipeline):
                 ctx.log(f"auto: {other} does not fit: {fit.message}")
             if choice.kind is None:
                 ctx.log(f"auto: the model fits as it is ({facts.dtype}): nothing to quantize")
-                self._record(ctx, None, src, None, facts, choice.fit)
+                self._record(ctx, None, shown, None, facts, choice.fit)
                 return
             kind = choice.kind
             ctx.log(f"auto: {kind} is the largest type that fits: {choice.fit.message}")
         elif kind == facts.dtype:
             ctx.log(f"{src} is {kind} already: nothing to quantize")
-            self._record(ctx, None, src, None, facts, await asyncio.to_thread(fit_check, facts))
+            self._record(ctx, None, shown, None, facts, await asyncio.to_thread(fit_check, facts))
             return
         else:
-            estimate = quantized_facts(facts, kind, layout.tensors)
+            estimate = quantized_facts(facts, kind, tensors)
             fit = await asyncio.to_thread(fit_check, estimate)
             if not fit.fits:
                 hint = quant_hint(facts, fit_check)
@@ -188,19 +196,24 @@ class QuantPipeline(OpenSourceLLMPipeline):
             ctx.log(f"re-quantizing {facts.dtype} to {kind} (allowRequantize): quality drops, the errors of both"
                     " quantizations add up; quantize the F16/BF16 original when you have it", level="warning")
 
-        cache = self.cache_dir
+        if where.cache is None:
+            await self._on_volume(ctx, where, facts, kind, allow, size, fit_check)
+            return
+        cache = where.cache
         await asyncio.to_thread(cache.mkdir, parents=True, exist_ok=True)
         digest = await self._digest(ctx, src, cache)
         final = cache / f"{digest}.{kind}.gguf"
         async with self._locked(ctx, cache / f"{digest}.{kind}.lock") as lock_fd:
             quantized = await self._cached(ctx, final, kind, digest)
             if quantized is None and ctx.dry_run:
-                estimate = quantized_facts(facts, kind, layout.tensors)
+                estimate = quantized_facts(facts, kind, tensors)
                 ctx.log(f"dry run: would quantize {src} to {kind} as {final}"
                         f" (weights about {gib(estimate.weights_bytes)})")
-                self._record(ctx, kind, src, digest, estimate, await asyncio.to_thread(fit_check, estimate), final)
+                self._record(ctx, kind, shown, digest, estimate, await asyncio.to_thread(fit_check, estimate),
+                             where.served(final))
                 return
             if quantized is None:
+                assert layout is not None
                 need = estimate_file_bytes(facts, kind, layout.tensors, layout.data_offset)
                 free = (await asyncio.to_thread(shutil.disk_usage, cache)).free
                 if free < need:
@@ -215,7 +228,34 @@ class QuantPipeline(OpenSourceLLMPipeline):
                         f" file {gib(size)} -> {gib((await asyncio.to_thread(final.stat)).st_size)}")
         fit = await asyncio.to_thread(fit_check, quantized)
         ctx.log(fit.message, level="info" if fit.fits else "error")
-        self._record(ctx, kind, src, digest, quantized, fit, final)
+        self._record(ctx, kind, shown, digest, quantized, fit, where.served(final))
+        fit.raise_if_not_fits()
+
+    async def _on_volume(self, ctx: StepContext, where: Placement, facts: ModelFacts, kind: str, allow: bool,
+                         size: int, fit_check: Callable[[ModelFacts], FitResult]) -> None:
+        """The cache and the quantizer are on the model volume: a task there does the work (:mod:`.placement`)."""
+        spec = ctx.spec
+        estimate = quantized_facts(facts, kind)
+        if ctx.dry_run:
+            ctx.log(f"dry run: would quantize {spec.modelFile} to {kind} in a task on the model volume, into"
+                    f" {where.volume_cache}/<input SHA-256>.{kind}.gguf (weights about {gib(estimate.weights_bytes)})")
+            self._record(ctx, kind, spec.modelFile, None, estimate, await asyncio.to_thread(fit_check, estimate))
+            return
+        need = estimate_file_bytes(facts, kind, [], 0)
+        outcome = await quantize_on_volume(ctx, where, kind, llama_ftypes()[kind], allow, self.options.threads, need,
+                                           BASE_SECONDS + self.options.seconds_per_gib * size / GIB)
+        quantized = outcome.facts
+        if outcome.cached:
+            ctx.log(f"cache hit: {outcome.file} ({kind}, {gib(quantized.weights_bytes)}) was made from the same"
+                    f" input (SHA-256 {outcome.sha256[:16]}...): nothing to quantize")
+        else:
+            if outcome.removed_partial:
+                ctx.log("the task removed a partial file left by an attempt that did not finish")
+            ctx.log(f"quantized to {kind} in {outcome.seconds or 0:.1f} s (llama.cpp, in the task): {outcome.file};"
+                    f" {gib(facts.weights_bytes)} of {facts.dtype} weights -> {gib(quantized.weights_bytes)} of {kind}")
+        fit = await asyncio.to_thread(fit_check, quantized)
+        ctx.log(fit.message, level="info" if fit.fits else "error")
+        self._record(ctx, kind, spec.modelFile, outcome.sha256, quantized, fit, outcome.file)
         fit.raise_if_not_fits()
 
     def _fit_check(self, spec: DeploySpec) -> Callable[[ModelFacts], FitResult]:
@@ -223,15 +263,16 @@ class QuantPipeline(OpenSourceLLMPipeline):
                                  replicas=spec.replicaCount, gpu_memory_utilization=self.gpu_memory_utilization)
 
     @staticmethod
-    def _record(ctx: StepContext, kind: str | None, src: Path, digest: str | None, facts: ModelFacts,
-                fit: FitResult, final: Path | None = None) -> None:
-        served = final or src
-        MODEL_FILE.set(ctx, str(served))
-        MODEL.set(ctx, facts)
+    def _record(ctx: StepContext, kind: str | None, src: str | Path, digest: str | None, facts: ModelFacts,
+                fit: FitResult, final: str | Path | None = None) -> None:
+        """``src`` and ``final``: paths as the workloads see them (the input, the file they serve)."""
+        served = str(final or src)
+        MODEL_FILE.set(ctx, served)
+        MODEL.set(ctx, replace(facts, path=served) if facts.path != served else facts)
         FIT.set(ctx, fit.to_dict())
-        QUANTIZATION.set(ctx, {"type": kind, "source": str(src), "source_sha256": digest, "file": str(served),
+        QUANTIZATION.set(ctx, {"type": kind, "source": str(src), "source_sha256": digest, "file": served,
                                "weights_bytes": facts.weights_bytes})
-        ctx.set_params(quantization=kind, model_file=str(served))
+        ctx.set_params(quantization=kind, model_file=served)
 
     # ---------------------------------------------------------------- helpers
 

@@ -13,6 +13,9 @@ It reports on stdout, one JSON object a line:
 * ``{"event": "log", "level": "warning"|"error"|"info", "text": "..."}`` for llama.cpp's summary
   lines (sizes before and after, fallbacks) and its errors;
 * ``{"event": "done", "seconds": 1.02}`` or ``{"event": "failed", "reason": "..."}`` last.
+
+A request with ``"cache"`` is a task on the model volume instead (a Kubernetes Job, where no
+shim is its parent): :mod:`.task` hashes the input, checks the cache, quantizes and reports.
 """
 
 from __future__ import annotations
@@ -93,8 +96,24 @@ class LineLog:
 
 def main(argv: list[str]) -> int:
     req = json.loads(argv[1])
+    if "cache" in req:  # a task on the model volume (a Kubernetes Job): see .task
+        from modserv_shim.pipelines.quant.task import main as task_main
+
+        return task_main(req)
     die_with_parent(int(req["parent"]))
-    import llama_cpp  # after the parent check: loading the library takes a moment
+    reason, seconds = quantize(req["src"], req["dst"], int(req["ftype"]), bool(req["allow_requantize"]),
+                               int(req["threads"]))
+    if reason is not None:
+        emit("failed", reason=reason)
+        return 1
+    emit("done", seconds=seconds)
+    return 0
+
+
+def quantize(src: str, dst: str, ftype: int, allow_requantize: bool, threads: int) -> tuple[str | None, float]:
+    """``llama_model_quantize(src -> dst)``, its progress as events on stdout, ``dst`` synced to disk;
+    ``(None, seconds)``, or ``(reason, seconds)`` when llama.cpp failed."""
+    import llama_cpp  # loading the library takes a moment
 
     log = LineLog()
 
@@ -104,22 +123,20 @@ def main(argv: list[str]) -> int:
 
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(req["ftype"])
-    params.allow_requantize = bool(req["allow_requantize"])
-    params.nthread = int(req["threads"])
+    params.ftype = ftype
+    params.allow_requantize = allow_requantize
+    params.nthread = threads
     t0 = time.monotonic()
-    rc = llama_cpp.llama_model_quantize(req["src"].encode(), req["dst"].encode(), ctypes.byref(params))
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     log.feed(2, "\n")
     if rc != 0:
-        emit("failed", reason=log.last_error or f"llama_model_quantize returned {rc}")
-        return 1
-    fd = os.open(req["dst"], os.O_RDONLY)  # on disk before the pipeline renames it
+        return log.last_error or f"llama_model_quantize returned {rc}", round(time.monotonic() - t0, 3)
+    fd = os.open(dst, os.O_RDONLY)  # on disk before the pipeline renames it
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    emit("done", seconds=round(time.monotonic() - t0, 3))
-    return 0
+    return None, round(time.monotonic() - t0, 3)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modserv_shim.errors import PermanentStepError, StepError
+from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
 from modserv_shim.modelinfo import ModelFacts, ModelInvalid, inspect_model
+from modserv_shim.plugins import SharedModelVolume
 from modserv_shim.shimlets.docker import reasons
 from modserv_shim.shimlets.docker.engine import CANNOT_CONNECT, Engine, EngineError
 from modserv_shim.shimlets.docker.options import DockerOptions
@@ -55,6 +56,31 @@ def host_path(model_file: str, options: DockerOptions) -> str | None:
     if volume.type == "volume" or volume.source is None:
         return None
     return str(PurePosixPath(volume.source) / PurePosixPath(model_file).relative_to(volume.root))
+
+
+def shared_volume(options: DockerOptions) -> SharedModelVolume:
+    """Where a file the shim writes is seen by the containers: the bound host folder of a local Engine.
+
+    Refused (ValidationFailed, with what to configure) for a per-model bind (the containers see only
+    the model's own file), a named volume (no host path the shim may write to) and a remote Engine
+    (its folders are on another machine).
+    """
+    volume, url = options.model_volume, options.engine_url
+    if volume.type == "volume":
+        raise ValidationFailed(
+            f"the containers see the models in the named volume {volume.source!r}, which the shim cannot write"
+            " into: set the docker shimlet's model_volume to a host folder, {type: bind, source: /srv/models}")
+    if volume.source is None:
+        raise ValidationFailed(
+            "the docker shimlet's model_volume is unset, so each container sees only its model's own file,"
+            " not a copy the shim makes: set model_volume to the host folder holding the models,"
+            " {type: bind, source: /srv/models}, and deploy modelFile from under it")
+    if not url.startswith("unix://"):
+        raise ValidationFailed(
+            f"the Docker Engine at {url} is on another machine: the shim cannot write into its folder"
+            f" {volume.source}; run the shim on the Docker host with the local socket"
+            " (host: unix:///var/run/docker.sock)")
+    return SharedModelVolume(workload_root=volume.target or volume.source, host_root=Path(volume.source))
 
 
 def not_found(model_file: str, how: str) -> PermanentStepError:

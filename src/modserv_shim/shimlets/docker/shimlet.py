@@ -31,7 +31,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
 
 ``inspect_model`` validates the model where the containers will see it: read by the
 shim when the Engine is on this machine, else in a short validation container
-(:mod:`.inspect`, ``model_validation``).
+(:mod:`.inspect`, ``model_validation``).  ``shared_model_volume`` tells a pipeline where the
+shim may put a file the containers will see (a bound host folder of a local Engine).
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ import httpx
 
 from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
-from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
+from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus, SharedModelVolume
 from modserv_shim.shimlets.docker import placement, render
 from modserv_shim.shimlets.docker.deploy import Deployer
 from modserv_shim.shimlets.docker.engine import Engine
-from modserv_shim.shimlets.docker.inspect import ModelCheck
+from modserv_shim.shimlets.docker.inspect import ModelCheck, shared_volume
 from modserv_shim.shimlets.docker.keeper import Keeper, running
 from modserv_shim.shimlets.docker.options import DockerOptions
 from modserv_shim.shimlets.docker.state import GivenUp
@@ -90,6 +91,11 @@ class DockerShimlet(ShimletBase):
     def programs(self) -> Mapping[str, str]:
         """Runtime name -> the program the configured image runs for it (``images.<runtime>.program``)."""
         return self.options.programs
+
+    def shared_model_volume(self, spec: DeploySpec) -> SharedModelVolume:
+        """The bound host folder (``model_volume.source``) as the shim and the containers see it, when the
+        Engine is on this machine; ValidationFailed saying what to configure otherwise."""
+        return shared_volume(self.options)
 
     # ------------------------------------------------------------ lifecycle
 

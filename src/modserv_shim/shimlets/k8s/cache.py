@@ -24,7 +24,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from modserv_shim.shimlets.k8s.naming import COMPONENT, INSTANCE, VALIDATION_COMPONENT, VALIDATION_LABEL
+from modserv_shim.shimlets.k8s.naming import COMPONENT, INSTANCE, JOB_COMPONENTS, VALIDATION_LABEL
 
 Obj = dict[str, Any]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
@@ -49,7 +49,7 @@ def _rv_le(obj: Obj, rv: str) -> bool:
 def pod_owner(pod: Obj) -> tuple[str, str] | None:
     """``("server", workload name)`` or ``("validation", job name)`` for one of our pods."""
     labels = _meta(pod).get("labels") or {}
-    if labels.get(COMPONENT) == VALIDATION_COMPONENT and labels.get(VALIDATION_LABEL):
+    if labels.get(COMPONENT) in JOB_COMPONENTS and labels.get(VALIDATION_LABEL):  # validation or task Job
         return "validation", str(labels[VALIDATION_LABEL])
     if labels.get(INSTANCE):
         return "server", str(labels[INSTANCE])

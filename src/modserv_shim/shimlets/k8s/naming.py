@@ -38,6 +38,8 @@ SERVICE_ID_ANNOTATION = "modserv-shim/service-id"
 MODEL_FILE_ANNOTATION = "modserv-shim/model-file"
 SERVER_COMPONENT = "inference-server"
 VALIDATION_COMPONENT = "model-validation"
+TASK_COMPONENT = "model-task"  # a VolumeTask's Job (quantization); its pods carry VALIDATION_LABEL too
+JOB_COMPONENTS = (VALIDATION_COMPONENT, TASK_COMPONENT)
 
 MAX_NAME = 52
 MAX_LABEL_VALUE = 63
@@ -88,9 +90,10 @@ def selector(name: str) -> dict[str, str]:
     return {MANAGED_BY: MANAGER, INSTANCE: name}
 
 
-def validation_job_name(model_name: str) -> str:
-    """A fresh name per validation: two deploys of one model may validate at the same time."""
+def validation_job_name(model_name: str, kind: str = "check") -> str:
+    """A fresh name per validation (or task, ``kind``): two deploys of one model may validate at the same time."""
     base = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[:40].rstrip("-") or "model"
     if not base[0].isalpha():
         base = f"m-{base}"[:40]
-    return f"{base}-check-{secrets.token_hex(3)}"
+    word = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")[:10].rstrip("-") or "task"
+    return f"{base}-{word}-{secrets.token_hex(3)}"

@@ -33,6 +33,9 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   validation Jobs an earlier run left when it was killed are deleted; ``close``
   stops watching and leaves every workload running.
 * ``inspect_model`` validates the model where the pods will see it (:mod:`.validation`).
+* ``shared_model_volume`` and ``run_volume_task``: a pipeline's program (quantization) runs as a
+  task Job on the model volume, mounted read-write, and what it writes there the pods see
+  (:mod:`.tasks`).
 * ``render`` returns the manifests ``create`` would apply (for ``dryRun``).
 
 The public methods start the shimlet themselves if the server forgot to, and refuse
@@ -57,8 +60,16 @@ from modserv_shim.errors import (
     ValidationFailed,
 )
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
-from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
-from modserv_shim.shimlets.k8s import naming, render
+from modserv_shim.plugins import (
+    DeployContext,
+    PluginContext,
+    ResourcePhase,
+    ResourceStatus,
+    SharedModelVolume,
+    VolumeTask,
+    VolumeTaskResult,
+)
+from modserv_shim.shimlets.k8s import naming, render, tasks
 from modserv_shim.shimlets.k8s.cache import KINDS, WORKLOAD_KINDS, ClusterCache
 from modserv_shim.shimlets.k8s.informer import Informer
 from modserv_shim.shimlets.k8s.kube import KubeApi, load_config
@@ -267,6 +278,26 @@ class K8sShimlet(ShimletBase):
         if not self.options.model_root:
             await self._ready()
         return await inspect(spec, self.options, self._job)
+
+    def shared_model_volume(self, spec: DeploySpec) -> SharedModelVolume:
+        """The model volume as the pods see it (reached by task Jobs only: ``run_volume_task``)."""
+        volume = self.options.model_volume
+        if volume.type == "hostPath" and volume.path is None:
+            raise ValidationFailed(
+                "the k8s shimlet's model_volume mounts each model's own path (hostPath without path), so the pods"
+                " see only that file, not a copy made for them: set model_volume to a PersistentVolumeClaim"
+                " ({type: pvc, claim_name: models}) or a node directory ({type: hostPath, path: /srv/models})")
+        try:
+            volume.relative(spec.modelFile)
+        except PermanentStepError as exc:
+            raise ValidationFailed(str(exc)) from None
+        return SharedModelVolume(workload_root=volume.mount_root)
+
+    async def run_volume_task(self, task: VolumeTask) -> VolumeTaskResult:
+        """``task`` as a Job on the model volume, mounted read-write (:mod:`.tasks`)."""
+        kube = await self._ready()
+        assert self._job is not None
+        return await tasks.run(self._job, self._cache, self.options, kube.namespace, task)
 
     async def request(self, resource_id: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
         """``method path`` on the service's endpoint: via the API server's service proxy, or directly."""

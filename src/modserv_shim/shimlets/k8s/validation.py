@@ -27,6 +27,9 @@ there are leftovers a background task sweeps again, backing off, until they
 are gone (:meth:`ValidationJob.clean_up`).
 
 A model that is not there is "model not found on the volume", a permanent error.
+
+Task Jobs (:mod:`.tasks`: a pipeline's program on the volume, such as quantization) go through
+:meth:`ValidationJob.run_job` too: the same wait on the pod watch, the same delete and sweep.
 """
 
 from __future__ import annotations
@@ -87,20 +90,26 @@ class ValidationJob:
     async def run(self, spec: DeploySpec) -> dict[str, Any]:
         name = naming.validation_job_name(spec.modelName)
         manifest = render.validation_job(spec, name, self.kube.namespace, self.options)
+        log.info("k8s shimlet: validation Job %s/%s checks %s", self.kube.namespace, name, spec.modelFile)
+        pod = await self.run_job(name, manifest, "model validation Job", self.options.validation_timeout)
+        return self._verdict(spec, name, pod)
+
+    async def run_job(self, name: str, manifest: Obj, what: str, timeout: float) -> Obj:
+        """Apply the one-pod Job ``manifest``, wait for its container to end, delete the Job: its pod.
+        ``what`` names it in errors ("model validation Job"); validation Jobs and task Jobs (:mod:`.tasks`)
+        are kept and swept alike."""
         self._ours.add(name)  # before the apply: its pod may show up before the apply returns
         try:
             # Inside the try: an apply that failed may still have created the Job (its answer was lost).
             await self.kube.apply(manifest)
-            log.info("k8s shimlet: validation Job %s/%s checks %s", self.kube.namespace, name, spec.modelFile)
-            pod = await self._wait(name)
+            return await self._wait(name, what, timeout)
         finally:
             try:
                 await self.kube.delete("Job", name)
             except ShimError as exc:  # the verdict stands; the Job is swept later
-                log.warning("k8s shimlet: cannot delete validation Job %s now, trying again later: %s", name, exc)
+                log.warning("k8s shimlet: cannot delete the %s %s now, trying again later: %s", what, name, exc)
                 self._ours.discard(name)
             self.clean_up()
-        return self._verdict(spec, name, pod)
 
     def leftovers(self) -> set[str]:
         """Validation Jobs with pods in the cache that nobody is deleting: left by an earlier run, or whose
@@ -139,7 +148,7 @@ class ValidationJob:
             log.info("k8s shimlet: deleted the leftover validation Job %s/%s", self.kube.namespace, name)
         return deleted
 
-    async def _wait(self, name: str) -> Obj:
+    async def _wait(self, name: str, what: str, timeout: float) -> Obj:
         """The Job's pod once its container has terminated; errors for pods that cannot get there."""
         started = time.monotonic()
         outcome: dict[str, Any] = {}
@@ -160,13 +169,13 @@ class ValidationJob:
                 outcome["last"] = problem
             return False
 
-        finished = await self.cache.wait_until(done, self.options.validation_timeout + 10, tick=WAIT_TICK)
+        finished = await self.cache.wait_until(done, timeout + 10, tick=WAIT_TICK)
         if "problem" in outcome:
-            raise PermanentStepError(f"the model validation Job {name} cannot run: {outcome['problem'].text}")
+            raise PermanentStepError(f"the {what} {name} cannot run: {outcome['problem'].text}")
         if not finished:
             last = outcome.get("last")
-            raise StepError(f"the model validation Job {name} did not finish within "
-                            f"{self.options.validation_timeout:g} s" + (f"; last: {last.text}" if last else ""))
+            raise StepError(f"the {what} {name} did not finish within {timeout:g} s"
+                            + (f"; last: {last.text}" if last else ""))
         pod: Obj = outcome["pod"]
         return pod
 
