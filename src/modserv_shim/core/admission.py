@@ -16,7 +16,7 @@ from modserv_shim.core.lifecycle import State
 from modserv_shim.core.records import ServiceRecord
 from modserv_shim.core.registry import Registry
 from modserv_shim.errors import PluginNotFound, ValidationFailed
-from modserv_shim.plugins import Pipeline, RequestChecker, Shimlet, StepSpec
+from modserv_shim.plugins import AccessChecker, Caller, Pipeline, RequestChecker, Shimlet, StepSpec
 from modserv_shim.spec import DeploySpec
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -49,9 +49,11 @@ class Admission:
         self.steps_of = steps_of
         self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def admit(self, spec: DeploySpec, operator: str) -> tuple[ServiceRecord, Shimlet, Pipeline, list[StepSpec]]:
+    async def admit(self, spec: DeploySpec, operator: str, caller: Caller | None = None
+                    ) -> tuple[ServiceRecord, Shimlet, Pipeline, list[StepSpec]]:
         """A new record (``initializing``, not stored) for the request, once its plugins are found
-        (an unknown one is a :class:`ValidationFailed`) and the request is checked."""
+        (an unknown one is a :class:`ValidationFailed`), the request is checked and, for a pipeline
+        that decides who may deploy what (:class:`AccessChecker`), ``caller`` may."""
         shimlet_name = spec.shimlet or self.default_shimlet
         pipeline_name = spec.pipeline or self.default_pipeline
         try:
@@ -60,6 +62,8 @@ class Admission:
         except PluginNotFound as exc:
             raise ValidationFailed(str(exc)) from None
         check_request(spec, pipeline_name, shimlet, pipeline, self.policy)
+        if caller is not None and isinstance(pipeline, AccessChecker):
+            pipeline.check_access(spec, caller)
         steps = await self.steps_of(pipeline_name)
         rec = ServiceRecord(
             id=f"{spec.modelName}-{uuid.uuid4()}", model_name=spec.modelName, spec=spec.wire(),

@@ -32,6 +32,7 @@ from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import RunStatus, ServiceRecord, StepLog, StepRun
 from modserv_shim.errors import ClientError, PermanentStepError, PluginLoadError, StepError, StepTimeout
 from modserv_shim.plugins import PHASE_ORDER, Phase, Pipeline, RetryPolicy, Shimlet, StepSpec
+from modserv_shim.private import mask_private, private_values
 from modserv_shim.spec import DeploySpec, redact
 
 log = structlog.get_logger("modserv_shim.executor")
@@ -228,7 +229,13 @@ class _Context:
     def new_outputs(self) -> dict[str, Any]:
         return self._new_outputs
 
+    def private(self) -> tuple[str, ...]:
+        """What this service keeps private so far (:mod:`modserv_shim.private`): masked in what is stored."""
+        return private_values(self.outputs)
+
     def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        private = self.private()
+        message, fields = mask_private(message, private), mask_private(fields, private)
         self.pending_logs.append(
             StepLog(self._rec.id, self._step.name, self._attempt, self._ex.clock.now(), level, message,
                     _jsonable(fields))
@@ -430,7 +437,7 @@ class Executor:
     ) -> None:
         """Write the failed attempt; raise StepFailed when it was the last, else wait the backoff."""
         status = RunStatus.TIMED_OUT if isinstance(error, StepTimeout) else RunStatus.FAILED
-        reason = describe_error(error)
+        reason = mask_private(describe_error(error), ctx.private())
         await self._finish(pipeline, run, ctx, t0, status, reason, recorded)
         if is_permanent(step, error) or attempt == policy.attempts:
             tried = f" (after {attempt} attempts)" if attempt > 1 else ""
@@ -458,7 +465,7 @@ class Executor:
         run.error = error
         run.finished_at = self.clock.now()
         run.duration_ms = round(elapsed * 1000, 3)
-        run.params.update(ctx.params)
+        run.params.update(mask_private(ctx.params, ctx.private()))
         await asyncio.shield(self._persist_finish(run, ctx, progress, recorded))
         self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
         log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,

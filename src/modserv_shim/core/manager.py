@@ -26,6 +26,7 @@ from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.core.admission import Admission
 from modserv_shim.core.clock import Clock, SystemClock
 from modserv_shim.core.executor import StepOverride
+from modserv_shim.core.keys import ServiceKeys
 from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State
 from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.pipeline_tasks import PipelineTasks
@@ -47,7 +48,20 @@ from modserv_shim.errors import (
     StateConflict,
     ValidationFailed,
 )
-from modserv_shim.plugins import LogSource, Phase, Scalable, ScaleChecker, Shimlet, StepSpec
+from modserv_shim.plugins import (
+    API_KEY_OUTPUT,
+    AccessChecker,
+    Caller,
+    LogSource,
+    Phase,
+    Restartable,
+    Scalable,
+    ScaleChecker,
+    Shimlet,
+    StepSpec,
+    issues_api_keys,
+)
+from modserv_shim.private import mask_private, private_values
 from modserv_shim.spec import DeploySpec, redact
 
 log = structlog.get_logger("modserv_shim.manager")
@@ -64,6 +78,16 @@ class ManagerConfig:
     poll_interval: float = 2.0
     delete_wait: float = 30.0
     policy: RequestPolicy = field(default_factory=RequestPolicy)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted deploy: the stored service; its API key, shown this once (pipelines that
+    ``issues_api_keys``); whether an ``Idempotency-Key`` replayed an earlier deploy."""
+
+    record: ServiceRecord
+    api_key: str | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +119,8 @@ class ServiceManager:
                                      in_pipeline=self._in_pipeline)
         self.pipelines = PipelineTasks(self.states, registry, self.watcher, clock=self.clock,
                                        data_dir=config.data_dir, step_overrides=config.step_overrides)
-        self.terminations = Terminations(self.states, registry, self.clock)
+        self.keys = ServiceKeys(config.data_dir)
+        self.terminations = Terminations(self.states, registry, self.clock, self.keys)
         self.plugins = PluginService(store, registry, default_shimlet=config.default_shimlet,
                                      default_pipeline=config.default_pipeline)
         self.admission = Admission(registry, config.policy, default_shimlet=config.default_shimlet,
@@ -214,14 +239,18 @@ class ServiceManager:
             raise NotSupported(f"the {rec.shimlet} shimlet cannot show logs")
         if not rec.resource_id:
             return []
-        return await shimlet.logs(rec.resource_id, tail)
+        lines = await shimlet.logs(rec.resource_id, tail)
+        private = private_values(rec.outputs)
+        return [mask_private(line, private) for line in lines] if private else lines
 
     # ------------------------------------------------------------------ deploy
 
-    async def deploy_once(self, spec: DeploySpec, operator: str, key: str) -> tuple[ServiceRecord, bool]:
+    async def deploy_once(self, spec: DeploySpec, operator: str, key: str, *, caller: Caller | None = None
+                          ) -> Accepted:
         """A deploy with an ``Idempotency-Key``: the same key and body (from the same caller, within a day)
-        return the service the first request created, with True; the same key with another body is an
-        :class:`IdempotencyConflict`.  The key is stored in the transaction that stores the service."""
+        return the service the first request created (``replayed``, without its API key: that was shown
+        once); the same key with another body is an :class:`IdempotencyConflict`.  The key is stored in
+        the transaction that stores the service."""
         digest = self.admission.body_digest(key, spec)
         async with self.admission.key_held(operator, key):
             while True:
@@ -231,28 +260,40 @@ class ServiceManager:
                         raise IdempotencyConflict(
                             f"the Idempotency-Key {key!r} was used for another deploy ({found.service_id})"
                             " with a different body; use a new key for a new deploy")
-                    return await self.get(found.service_id), True
+                    return Accepted(await self.get(found.service_id), replayed=True)
                 try:
-                    return await self.deploy(spec, operator, idempotency=(key, digest)), False
+                    return await self.deploy(spec, operator, idempotency=(key, digest), caller=caller)
                 except IdempotencyConflict:
                     continue  # another process took the key between our look and our write: look again
 
     async def deploy(
-        self, spec: DeploySpec, operator: str, *, idempotency: tuple[str, str] | None = None
-    ) -> ServiceRecord:
-        """Store the accepted deploy, then run its pipeline in the background."""
-        rec, _, _, _ = await self.admission.admit(spec, operator)
+        self, spec: DeploySpec, operator: str, *, idempotency: tuple[str, str] | None = None,
+        caller: Caller | None = None,
+    ) -> Accepted:
+        """Store the accepted deploy, then run its pipeline in the background.  ``caller`` (None: a
+        trusted internal call) must be allowed by the pipeline's :class:`AccessChecker`."""
+        rec, _, pipeline, _ = await self.admission.admit(spec, operator, caller)
+        api_key: str | None = None
+        if issues_api_keys(pipeline):  # the key file exists before the service does: a crash loses no key
+            api_key, rec.outputs[API_KEY_OUTPUT] = await asyncio.to_thread(self.keys.issue, rec.id)
         key = IdempotencyKey(operator, idempotency[0], idempotency[1], rec.id, rec.created_at) if idempotency else None
-        await self.store.insert_service(rec, key)  # accepted == durable: kill -9 after this loses nothing
+        try:
+            await self.store.insert_service(rec, key)  # accepted == durable: kill -9 after this loses nothing
+        except BaseException:
+            if api_key is not None:
+                await asyncio.to_thread(self.keys.remove, rec.id)
+            raise
         self.states.accepted(rec)
         log.info("deploy accepted", service_id=rec.id, operator=operator, shimlet=rec.shimlet,
-                 pipeline=rec.pipeline, params=redact(rec.spec))
+                 pipeline=rec.pipeline, params=redact(rec.spec), api_key=api_key is not None)
         self.pipelines.start(rec, operator)
-        return rec
+        return Accepted(rec, api_key)
 
-    async def dry_run(self, spec: DeploySpec, operator: str) -> DryRunResult:
+    async def dry_run(self, spec: DeploySpec, operator: str, *, caller: Caller | None = None) -> DryRunResult:
         """Run the steps of the ``pipeline_running`` phase and return what they rendered; store nothing."""
-        rec, shimlet, pipeline, steps = await self.admission.admit(spec, operator)
+        rec, shimlet, pipeline, steps = await self.admission.admit(spec, operator, caller)
+        if issues_api_keys(pipeline):  # where the key would be; none is made
+            rec.outputs[API_KEY_OUTPUT] = self.keys.issue(rec.id, write=False)[1]
         recorder = await self.pipelines.dry_run(rec, pipeline, steps, shimlet, operator)
         return DryRunResult(rec.id, rec.total_steps, recorder.runs, recorder.logs, rec.outputs)
 
@@ -310,6 +351,37 @@ class ServiceManager:
         if isinstance(pipeline, ScaleChecker):
             spec = DeploySpec.model_validate(rec.spec)
             await asyncio.to_thread(pipeline.check_scale, spec, rec.outputs, replicas, shimlet)  # reads /proc
+
+    async def rotate_key(self, service_id: str, operator: str, *, caller: Caller | None = None) -> Accepted:
+        """A new API key for a service that has one; the old one stops working.  A deployed workload
+        is restarted replica by replica (its shimlet must be :class:`Restartable`) to take the new key."""
+        rec = await self.get(service_id)
+        if not isinstance(rec.outputs.get(API_KEY_OUTPUT), dict):
+            raise StateConflict(f"{rec.id} has no API key: its pipeline, {rec.pipeline}, serves without one")
+        shimlet = await self.registry.shimlet(rec.shimlet)
+        async with self.states.lock(rec.id):  # no delete or second rotation in between
+            if rec.state in (State.TERMINATING, State.TERMINATED):
+                raise StateConflict(f"{rec.id} is {rec.state.value}: its key cannot be rotated")
+            if caller is not None:
+                try:
+                    pipeline = await self.registry.pipeline(rec.pipeline)
+                except PluginNotFound:
+                    pipeline = None
+                if isinstance(pipeline, AccessChecker):
+                    pipeline.check_access(DeploySpec.model_validate(rec.spec), caller)
+            deployed = rec.resource_id is not None
+            if deployed and not isinstance(shimlet, Restartable):
+                raise NotSupported(f"the {rec.shimlet} shimlet cannot restart a workload, so a new key would not"
+                                   " reach it; delete the service and deploy it again")
+            api_key, info = await asyncio.to_thread(self.keys.issue, rec.id)
+            rec.outputs[API_KEY_OUTPUT] = info  # in place: a running pipeline's executor holds this mapping
+            await self.store.update_service(rec.id, outputs=rec.outputs)
+            await self.store.add_event(Event(rec.id, now(), rec.state.value, rec.state.value,
+                                             f"API key rotated (now {info['fingerprint']})", operator))
+            log.info("API key rotated", service_id=rec.id, operator=operator, fingerprint=info["fingerprint"])
+        if deployed and isinstance(shimlet, Restartable) and rec.resource_id is not None:
+            await shimlet.restart(rec.resource_id)  # unlocked: the watcher reports the replicas meanwhile
+        return Accepted(rec, api_key)
 
     async def retry(self, service_id: str, operator: str) -> ServiceRecord:
         """Run a failed service's pipeline again from the step that failed."""

@@ -24,6 +24,7 @@ from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import Event, ServiceRecord, now
 from modserv_shim.core.store import Store
 from modserv_shim.core.waiters import Waiters
+from modserv_shim.private import mask_private, private_values
 
 log = structlog.get_logger("modserv_shim.manager")
 
@@ -93,6 +94,8 @@ class ServiceStates:
         also: Mapping[str, Any] | None = None, durable: bool = True,
     ) -> bool:
         """:meth:`transition` for a caller that holds the service's :meth:`lock`."""
+        if reason is not None:  # the words of a failure may quote a private path (modserv_shim.private)
+            reason = mask_private(reason, private_values(rec.outputs))
         old = rec.state
         if old is new:
             if reason != rec.reason:  # same state, new words (e.g. degraded for another cause)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from modserv_shim.core.clock import Clock
+from modserv_shim.core.keys import ServiceKeys
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.records import ServiceRecord
 from modserv_shim.core.registry import Registry
@@ -13,8 +14,9 @@ from modserv_shim.core.states import ServiceStates
 
 
 class Terminations:
-    def __init__(self, states: ServiceStates, registry: Registry, clock: Clock) -> None:
+    def __init__(self, states: ServiceStates, registry: Registry, clock: Clock, keys: ServiceKeys) -> None:
         self.states = states
+        self.keys = keys
         self.registry = registry
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -48,6 +50,7 @@ class Terminations:
                     await self.clock.sleep(delay)
                     delay = min(delay * 2, 60.0)
             await self.states.transition(rec, State.TERMINATED, operator=operator)
+            await asyncio.to_thread(self.keys.remove, rec.id)  # its API key, if it had one
             rec.replicas_ready = 0
             await self.states.store.update_service(rec.id, replicas_ready=0)
             with contextlib.suppress(KeyError):

@@ -101,6 +101,7 @@ class LaunchParams:
     env: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = 600.0
     policy: RequestPolicy = field(default_factory=RequestPolicy)  # what the admin allows beyond our lists
+    api_key_file: str | None = None  # the server requires the key in this file (see Runtime.api_key)
 
     def __post_init__(self) -> None:
         if not self.served_model_name:
@@ -174,6 +175,13 @@ class Runtime(ABC):
                 f"unknown program {program!r} for runtime {self.name!r}; its programs are: {', '.join(self.programs)}")
         return program
 
+    def api_key(self, key_file: str, *, target: Target, program: str) -> tuple[list[str], str]:
+        """How ``program`` is told to require the key in ``key_file``: flags that name the file, or the
+        environment variable the shimlet puts the key in (never a flag with the key: command lines are
+        visible to every user of the host).  Raises :class:`PermanentStepError` when it cannot be told."""
+        raise PermanentStepError(f"the {self.name} runtime ({program}) cannot take an API key from a file or"
+                                 " its environment, so it cannot serve a service that needs one")
+
     def allowed_env(self) -> frozenset[str]:
         return COMMON_ENV | self.env_names
 
@@ -208,7 +216,11 @@ class Runtime(ABC):
         # Checked here too, not only when the request is accepted: whatever builds a launch spec gets it.
         self.check_request(params.env, params.extra_args, params.policy, target=target, program=program)
         chosen = self.program(target=target, program=program)
-        args = (*self.server_args(params, target=target, program=chosen), *params.extra_args)
+        key_args: list[str] = []
+        key_env = ""
+        if params.api_key_file:
+            key_args, key_env = self.api_key(params.api_key_file, target=target, program=chosen)
+        args = (*self.server_args(params, target=target, program=chosen), *key_args, *params.extra_args)
         return LaunchSpec(
             runtime=self.name,
             served_model_name=params.served_model_name,
@@ -221,6 +233,8 @@ class Runtime(ABC):
             ready_path=self.ready_path,
             health_path=self.health_path,
             startup_timeout=params.startup_timeout,
+            api_key_file=params.api_key_file or "",
+            api_key_env=key_env,
         )
 
 

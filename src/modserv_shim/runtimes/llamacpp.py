@@ -146,6 +146,12 @@ class LlamaCppRuntime(Runtime):
         args += ["--host", HOST, "--port", PORT]
         return args
 
+    def api_key(self, key_file: str, *, target: Target, program: str) -> tuple[list[str], str]:
+        """llama-server reads the key file itself; llama-cpp-python reads ``API_KEY`` (its settings)."""
+        if self.flavour(target, program) == LLAMA_SERVER:
+            return ["--api-key-file", key_file], ""
+        return [], "API_KEY"
+
     def render(self, params: LaunchParams, *, target: Target, program: str | None = None) -> LaunchSpec:
         chosen = self.flavour(target, program)
         spec = super().render(params, target=target, program=program)

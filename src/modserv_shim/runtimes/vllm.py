@@ -80,6 +80,10 @@ class VllmRuntime(Runtime):
                            "VLLM_ENGINE_ITERATION_TIMEOUT_S", "VLLM_RPC_TIMEOUT", "VLLM_SKIP_P2P_CHECK",
                            "PYTORCH_CUDA_ALLOC_CONF"})
 
+    def api_key(self, key_file: str, *, target: Target, program: str) -> tuple[list[str], str]:
+        """vLLM's OpenAI server reads ``VLLM_API_KEY`` when ``--api-key`` is not given."""
+        return [], "VLLM_API_KEY"
+
     def local_command(self, *, target: Target, program: str | None = None) -> tuple[str, ...]:
         return python_module(VLLM_MODULE)
 

@@ -3,8 +3,9 @@
 Roles are ordered: ``viewer`` (read) < ``operator`` (deploy, delete, scale, retry)
 < ``admin`` (load plugins).  A token's *name* is the operator recorded in step
 logs and events; the token itself is never logged.  Tokens come from a YAML file
-(``tokens: [{name, role, token | token_sha256}]``) and/or ``MODSERV_TOKENS``
-(``name:role:token,...``).  With no token configured the server accepts
+(``tokens: [{name, role, token | token_sha256, groups}]``) and/or ``MODSERV_TOKENS``
+(``name:role:token,...``, no groups).  ``groups`` are names a pipeline may check: ``privatellm``
+deploys a private model only for members of the groups its secret allows.  With no token configured the server accepts
 anonymous requests as admin, and the CLI only allows that on a loopback address.
 
 Each secret may appear once, across the file and ``MODSERV_TOKENS`` together: a secret
@@ -27,6 +28,7 @@ from typing import Any
 
 from modserv_shim.config import ConfigFileError, read_yaml_mapping
 from modserv_shim.errors import Forbidden, Unauthenticated, ValidationFailed
+from modserv_shim.plugins import Caller
 
 
 class Role(IntEnum):
@@ -39,6 +41,11 @@ class Role(IntEnum):
 class Principal:
     name: str
     role: Role
+    groups: frozenset[str] = frozenset()
+
+    def caller(self) -> Caller:
+        """The caller as plugins see it."""
+        return Caller(self.name, self.role.name.lower(), self.groups)
 
 
 ANONYMOUS = Principal("anonymous", Role.ADMIN)
@@ -57,8 +64,9 @@ def _role(value: str, where: str, *, quote: bool = True) -> Role:
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_ENTRY_KEYS = ("name", "role", "token", "token_sha256")
-_ENTRY_SHAPE = "{name, role, token | token_sha256}"
+_ENTRY_KEYS = ("name", "role", "token", "token_sha256", "groups")
+_ENTRY_SHAPE = "{name, role, token | token_sha256, groups}"
+_GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def _kind(value: Any) -> str:
@@ -74,7 +82,7 @@ class TokenTable:
         return len(self._by_hash)
 
     def add(self, name: str, role: Role, *, token: str | None = None, token_sha256: str | None = None,
-            where: str | None = None) -> None:
+            where: str | None = None, groups: frozenset[str] = frozenset()) -> None:
         """Add one token; ``where`` names the entry in messages (``tokens.yaml: tokens[2]``)."""
         label = f"token {name!r}" + (f" ({where})" if where else "")
         if not name.strip():
@@ -96,7 +104,7 @@ class TokenTable:
             first = self._by_hash[digest]
             raise ValidationFailed(f"{label} has the same secret as token {first.name!r} ({self._where[digest]}):"
                                    " each token needs its own secret")
-        self._by_hash[digest] = Principal(name, role)
+        self._by_hash[digest] = Principal(name, role, groups)
         self._where[digest] = where or f"token {name!r}"
 
     @classmethod
@@ -140,7 +148,7 @@ class TokenTable:
                 if value is not None and not isinstance(value, str):
                     raise ValidationFailed(f"{where}: {key} must be text (put it in quotes), not {_kind(value)}")
             self.add(str(item["name"]), _role(str(item.get("role", "viewer")), where),
-                     token=secret, token_sha256=digest, where=where)
+                     token=secret, token_sha256=digest, where=where, groups=_groups(item.get("groups"), where))
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not self._by_hash:
@@ -155,6 +163,18 @@ class TokenTable:
             if hmac.compare_digest(known, digest):
                 return principal
         raise Unauthenticated("unknown API token")
+
+
+def _groups(value: Any, where: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        raise ValidationFailed(f"{where}: groups must be a list of names, not {_kind(value)}")
+    bad = [g for g in value if not _GROUP_RE.fullmatch(g)]
+    if bad:
+        raise ValidationFailed(f"{where}: group {bad[0][:64]!r} is not a name (letters, digits, '.', '_', '-';"
+                               " at most 63 characters)")
+    return frozenset(value)
 
 
 def require(principal: Principal, role: Role, action: str) -> None:

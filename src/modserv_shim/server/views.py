@@ -14,7 +14,8 @@ from typing_extensions import TypedDict
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.manager import DryRunResult
 from modserv_shim.core.records import Event, RunStatus, ServiceRecord, StepLog, StepRun
-from modserv_shim.plugins import StepSpec
+from modserv_shim.plugins import API_KEY_OUTPUT, StepSpec
+from modserv_shim.private import mask_private, private_values
 from modserv_shim.spec import redact
 
 
@@ -48,6 +49,14 @@ class ServiceView(TypedDict):
     operator: str
     createdAt: str
     updatedAt: str
+    apiKey: NotRequired[ApiKeyInfo]
+
+
+class ApiKeyInfo(TypedDict):
+    """A service's API key as ``GET`` shows it: which one, never the key."""
+
+    fingerprint: str
+    createdAt: str
 
 
 class AcceptedView(TypedDict):
@@ -55,6 +64,13 @@ class AcceptedView(TypedDict):
     state: State
     currentStep: str | None
     totalSteps: list[str]
+    apiKey: NotRequired[str]
+
+
+class RotatedKeyView(TypedDict):
+    serviceId: str
+    apiKey: str
+    fingerprint: str
 
 
 class RunView(TypedDict):
@@ -157,8 +173,15 @@ def iso_or_none(ts: float | None) -> str | None:
     return iso(ts) if ts is not None else None
 
 
+def key_info(rec: ServiceRecord) -> ApiKeyInfo | None:
+    info = rec.outputs.get(API_KEY_OUTPUT)
+    if not isinstance(info, dict):
+        return None
+    return {"fingerprint": str(info.get("fingerprint", "")), "createdAt": iso(float(info.get("createdAt", 0)))}
+
+
 def service(rec: ServiceRecord) -> ServiceView:
-    return {
+    view: ServiceView = {
         "serviceId": rec.id,
         "modelName": rec.model_name,
         "state": rec.state,
@@ -170,20 +193,27 @@ def service(rec: ServiceRecord) -> ServiceView:
         "resourceId": rec.resource_id,
         "endpoint": rec.endpoint,
         "replicas": {"ready": rec.replicas_ready, "desired": rec.replicas_desired},
-        "spec": redact(rec.spec),
+        "spec": mask_private(redact(rec.spec), private_values(rec.outputs)),
         "operator": rec.operator,
         "createdAt": iso(rec.created_at),
         "updatedAt": iso(rec.updated_at),
     }
+    key = key_info(rec)
+    if key is not None:
+        view["apiKey"] = key
+    return view
 
 
-def accepted(rec: ServiceRecord) -> AcceptedView:
-    return {
+def accepted(rec: ServiceRecord, api_key: str | None = None) -> AcceptedView:
+    view: AcceptedView = {
         "serviceId": rec.id,
         "state": rec.state,
         "currentStep": rec.current_step_name,
         "totalSteps": rec.total_steps,
     }
+    if api_key is not None:
+        view["apiKey"] = api_key  # this once: only its hash is stored
+    return view
 
 
 def run(r: StepRun) -> RunView:
@@ -259,5 +289,5 @@ def dry_run(res: DryRunResult) -> DryRunView:
         "totalSteps": res.total_steps,
         "stepsRun": [run(r) for r in res.steps_run],
         "logs": [log_line(x) for x in res.logs],
-        "rendered": redact(res.outputs),
+        "rendered": mask_private(redact(res.outputs), private_values(res.outputs)),
     }

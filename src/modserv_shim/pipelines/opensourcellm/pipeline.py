@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field
@@ -41,6 +41,7 @@ from modserv_shim.modelinfo.facts import GIB, format_count, gib
 from modserv_shim.pipelines.opensourcellm import probe
 from modserv_shim.pipelines.opensourcellm.outputs import ENDPOINT, FIT, LAUNCH, MODEL, MODEL_FILE, WORKLOAD
 from modserv_shim.plugins import (
+    API_KEY_OUTPUT,
     DeployContext,
     LaunchSpec,
     ModelInspector,
@@ -241,6 +242,7 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
             env=dict(spec.env),
             startup_timeout=timeout,
             policy=self.policy,
+            api_key_file=api_key_file(ctx.outputs),
         )
         program = _program(ctx.shimlet, runtime)
         launch = runtime.render(params, target="local" if target == "local" else "container", program=program)
@@ -295,7 +297,13 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
             raise StepError("no workload was recorded for this service")
         endpoint = await self._wait_ready(ctx, rid)
         name = launch.served_model_name
-        prober = probe.Prober(ctx.shimlet, rid, endpoint, self.http)
+        try:
+            key = await asyncio.to_thread(launch.read_api_key)
+        except OSError as exc:
+            raise PermanentStepError(f"the service's API key file cannot be read: {exc.strerror}") from None
+        if key is not None:
+            ctx.log("the endpoint requires the service's API key: the checks send it")
+        prober = probe.Prober(ctx.shimlet, rid, endpoint, self.http, api_key=key)
         t0 = time.monotonic()
         (status, body), (c_status, c_body) = await asyncio.gather(  # independent: ask both at once
             prober.request("GET", "/v1/models"),
@@ -342,6 +350,12 @@ class OpenSourceLLMPipeline(DeclaredPipeline):
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
+
+
+def api_key_file(outputs: Mapping[str, Any]) -> str | None:
+    """The key file the core made for this service (pipelines that ``issues_api_keys``), if any."""
+    info = outputs.get(API_KEY_OUTPUT)
+    return str(info["file"]) if isinstance(info, Mapping) and info.get("file") else None
 
 
 def _candidates(spec: DeploySpec) -> list[Runtime]:

@@ -17,17 +17,19 @@ class Prober:
     ``httpx`` client loads the CA bundle, which costs more than the probe itself.
     """
 
-    def __init__(self, shimlet: Shimlet, resource_id: str, endpoint: str | None, http: httpx.AsyncClient) -> None:
+    def __init__(self, shimlet: Shimlet, resource_id: str, endpoint: str | None, http: httpx.AsyncClient, *,
+                 api_key: str | None = None) -> None:
         self.shimlet, self.resource_id, self.endpoint, self.http = shimlet, resource_id, endpoint, http
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        if isinstance(self.shimlet, EndpointProber):
+        if isinstance(self.shimlet, EndpointProber) and not self.headers:
             return await self.shimlet.request(self.resource_id, method, path, json)
         if not self.endpoint:
             raise StepError("the shimlet reports no endpoint for the service")
         url = self.endpoint.rstrip("/") + path
         try:
-            r = await self.http.request(method, url, json=json)
+            r = await self.http.request(method, url, json=json, headers=self.headers)
         except httpx.HTTPError as exc:
             raise StepError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         try:

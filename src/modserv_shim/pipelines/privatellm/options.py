@@ -24,6 +24,9 @@ class PrivateLLMOptions(OpenSourceLLMOptions):
                                      " model-fetch log")
     read_timeout: float = Field(60.0, gt=0, description="seconds without a byte from the source before a"
                                 " download counts as broken (and resumes)")
+    groups: list[str] = Field(default_factory=list, max_length=100,
+                              description="groups whose operators may deploy a modelSource that names no secret,"
+                              " or no modelSource (a secret's own `groups` decide for its sources); none: admins only")
     allow_unsigned_manifest: bool = Field(
         False, description="accept a manifest.json fetched from a source whose secret has no public_key_file"
         " (it then guards against corruption, not against a hostile source)")

@@ -24,12 +24,12 @@ from typing import Any
 from urllib.parse import quote
 
 from modserv_shim.allowlist import refuse
-from modserv_shim.errors import PermanentStepError
+from modserv_shim.errors import Forbidden, PermanentStepError, ValidationFailed
 from modserv_shim.kit.pipeline import step
 from modserv_shim.pipelines.opensourcellm import MODEL_FILE, MODEL_VALIDATION, OpenSourceLLMPipeline
 from modserv_shim.pipelines.privatellm.fetch import FileJob, check_access, fetch_all, mib
 from modserv_shim.pipelines.privatellm.options import PrivateLLMOptions
-from modserv_shim.pipelines.privatellm.outputs import FETCHED, MANIFEST
+from modserv_shim.pipelines.privatellm.outputs import FETCHED, MANIFEST, PRIVATE
 from modserv_shim.pipelines.privatellm.sources import (
     MANIFEST_NAME,
     SIGNATURE_SUFFIX,
@@ -46,7 +46,16 @@ from modserv_shim.pipelines.privatellm.verify import (
     load_public_key,
     parse_manifest,
 )
-from modserv_shim.plugins import Phase, PluginContext, RetryPolicy, Shimlet, StepContext, StepSpec
+from modserv_shim.plugins import (
+    Caller,
+    Phase,
+    PluginContext,
+    RetryPolicy,
+    Shimlet,
+    StepContext,
+    StepSpec,
+    launch_target,
+)
 from modserv_shim.spec import DeploySpec, ModelSource
 
 MODEL_FETCH = "model-fetch"
@@ -59,6 +68,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
 
     name = "privatellm"
     uses_fields = frozenset({"modelSource"})
+    issues_api_keys = True  # each service is served behind its own key (modserv_shim.plugins.API_KEY_OUTPUT)
     Options = PrivateLLMOptions
     options: PrivateLLMOptions
 
@@ -77,6 +87,28 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
         if source is not None and source.secret is not None and source.secret not in self.secrets:
             raise refuse("modelSource.secret", f"no secret named {source.secret!r} is configured on this server"
                          " (an admin adds it under 'secrets' in the config file)")
+        if launch_target(shimlet) != "local":
+            raise ValidationFailed(
+                f"the privatellm pipeline serves the model from the shim's own cache, behind a key kept on the"
+                f" shim's host, which the {shimlet.name} shimlet's workloads cannot see; deploy it with the local"
+                " shimlet")
+
+    def check_access(self, spec: DeploySpec, caller: Caller) -> None:
+        """An admin, or an operator in one of the groups allowed for the model: its secret's ``groups``,
+        or (no secret) this pipeline's ``groups`` option."""
+        if caller.is_admin:
+            return
+        source = spec.modelSource
+        secret = self.secrets.get(source.secret) if source is not None and source.secret is not None else None
+        allowed = secret.groups if secret is not None else frozenset(self.options.groups)
+        if caller.groups & allowed:
+            return
+        whose = f"secret {secret.name}" if secret is not None else "the privatellm pipeline"
+        if not allowed:
+            raise Forbidden(f"{whose} allows no group, so only admins may deploy through it; an admin adds"
+                            " groups to it in the config file")
+        raise Forbidden(f"deploying this private model needs membership of {' or '.join(sorted(allowed))}"
+                        f" (allowed by {whose}); {caller.name} is in {', '.join(sorted(caller.groups)) or 'no group'}")
 
     async def run_step(self, step: StepSpec, ctx: StepContext) -> None:
         """After model-verification the steps see the verified file as the request's ``modelFile``."""
@@ -112,7 +144,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
     @step(MODEL_FETCH, before=MODEL_VALIDATION, phase=Phase.PIPELINE, timeout=6 * 3600,
           retry=RetryPolicy(attempts=3, backoff=5, max_delay=60),
           description="download modelSource into the model cache (resumable, parallel per file)",
-          writes=(FETCHED,))
+          writes=(FETCHED, PRIVATE))
     async def fetch_model(self, ctx: StepContext) -> None:
         source = ctx.spec.modelSource
         if source is None:
@@ -120,6 +152,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
             return
         secret = self._secret(source)
         folder = self.cache_dir / cache_key(source)
+        PRIVATE.set(ctx, [str(folder)])  # from here on masked in logs and views
         where = source.url if source.hub is None else f"{source.hub.endpoint}/{source.hub.repo}@{source.hub.revision}"
         ctx.set_params(source=where, files=source.files, cache=str(folder))
         jobs = self._jobs(source, folder)
@@ -145,7 +178,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
     @step(MODEL_VERIFICATION, before=MODEL_VALIDATION, phase=Phase.PIPELINE, timeout=3600,
           retry=RetryPolicy(attempts=2, backoff=2),
           description="every file's SHA-256 against the (signed) manifest",
-          reads=(FETCHED,), writes=(MODEL_FILE, MANIFEST))
+          reads=(FETCHED,), writes=(MODEL_FILE, MANIFEST, PRIVATE))
     async def verify_model(self, ctx: StepContext) -> None:
         source = ctx.spec.modelSource
         if source is None:
@@ -184,6 +217,7 @@ class PrivateLLMPipeline(OpenSourceLLMPipeline):
             await asyncio.to_thread(index.save)
         MANIFEST.set(ctx, {"source": origin, "files": {j.name: manifest[j.name] for j in jobs}})
         MODEL_FILE.set(ctx, str(fetched["serve"]))
+        PRIVATE.set(ctx, [str(folder), str(fetched["serve"])])
         ctx.log(f"{len(jobs)} file{'s' if len(jobs) != 1 else ''} verified; serving {fetched['serve']}")
 
     async def _source_manifest(self, ctx: StepContext, source: ModelSource,

@@ -1,7 +1,7 @@
 """Where a ``modelSource`` lives: the configured secret it names, its file URLs, its cache folder.
 
 Secrets come from the server's configuration (``secrets:``), handed to the pipeline as
-``PluginContext.server_settings["secrets"]`` (name -> ``{token, token_file, ca_file, public_key_file}``);
+``PluginContext.server_settings["secrets"]`` (name -> ``{token, token_file, ca_file, public_key_file, groups}``);
 a request only names one.  The token goes into the ``Authorization`` header of the fetch's own
 HTTP client and nowhere else: never into a log line, an error message or an output.
 """
@@ -35,6 +35,7 @@ class Secret:
     token_file: Path | None = None
     ca_file: Path | None = None
     public_key_file: Path | None = None
+    groups: frozenset[str] = frozenset()  # whose operators may deploy through it (admins always may)
 
     def bearer(self) -> str | None:
         """The token (from ``token_file`` when set, read now so a rotated file is picked up)."""
@@ -64,8 +65,10 @@ def parse_secrets(raw: Any) -> dict[str, Secret]:
             return Path(v) if isinstance(v, str | Path) and str(v) else None
 
         token = entry.get("token")
+        groups = entry.get("groups") or ()
         out[str(name)] = Secret(str(name), token if isinstance(token, str) and token else None,
-                                path("token_file"), path("ca_file"), path("public_key_file"))
+                                path("token_file"), path("ca_file"), path("public_key_file"),
+                                frozenset(str(g) for g in groups if isinstance(g, str)))
     return out
 
 

@@ -56,14 +56,18 @@ async def deploy(
 ) -> JSONResponse:
     require(who, Role.OPERATOR, "deploying")
     if spec.dryRun:
-        res = await manager.dry_run(spec, who.name)
+        res = await manager.dry_run(spec, who.name, caller=who.caller())
         return envelope.ok(views.dry_run(res), "dry run: nothing was deployed")
     if idempotency_key is not None:
-        rec, replayed = await manager.deploy_once(spec, who.name, idempotency_key)
-        message = "deploy already accepted for this Idempotency-Key" if replayed else "deploy accepted"
-        return envelope.ok(views.accepted(rec), message, status=202)
-    rec = await manager.deploy(spec, who.name)
-    return envelope.ok(views.accepted(rec), "deploy accepted", status=202)
+        done = await manager.deploy_once(spec, who.name, idempotency_key, caller=who.caller())
+    else:
+        done = await manager.deploy(spec, who.name, caller=who.caller())
+    message = "deploy already accepted for this Idempotency-Key" if done.replayed else "deploy accepted"
+    if done.api_key is not None:
+        message += "; apiKey is the service's API key, shown this once: keep it (rotate-key makes a new one)"
+    elif done.replayed and "apiKey" in views.service(done.record):
+        message += " (its API key was shown to the first request only; rotate-key makes a new one)"
+    return envelope.ok(views.accepted(done.record, done.api_key), message, status=202)
 
 
 @routes.get(f"{API}/modserv", tags=["services"], response_model=Envelope[list[views.ServiceView]],
@@ -164,3 +168,15 @@ async def retry_service(service_id: str, who: Who, manager: Manager) -> JSONResp
     require(who, Role.OPERATOR, "retrying a service")
     rec = await manager.retry(service_id, who.name)
     return envelope.ok(views.accepted(rec), f"retrying from {rec.current_step_name}", status=202)
+
+
+@routes.post(f"{API}/modserv/{{service_id}}/rotate-key", tags=["services"],
+             response_model=Envelope[views.RotatedKeyView], responses=responses(*AUTH, 404, 409, 503))
+async def rotate_key(service_id: str, who: Who, manager: Manager) -> JSONResponse:
+    require(who, Role.OPERATOR, "rotating a service's API key")
+    done = await manager.rotate_key(service_id, who.name, caller=who.caller())
+    assert done.api_key is not None
+    info = views.key_info(done.record)
+    return envelope.ok({"serviceId": done.record.id, "apiKey": done.api_key,
+                        "fingerprint": info["fingerprint"] if info else ""},
+                       "new API key, shown this once; the old one no longer works")

@@ -105,6 +105,7 @@ class Replica:
         self._task: asyncio.Task[None] | None = None
         self._spawn_lock = asyncio.Lock()
         self._stopping = False
+        self._api_key: str | None = None  # the key the process was started with (its probes send it)
 
     @property
     def index(self) -> int:
@@ -195,6 +196,9 @@ class Replica:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered Python output, so the log (and a FAILED reason) shows the last words.
         env = {**inherited_environment(), "PYTHONUNBUFFERED": "1", **launch.env, procfs.OWNER_ENV: self.env.owner}
+        self._api_key = launch.read_api_key()  # read at every start: a rotated key reaches the new process
+        if self._api_key is not None and launch.api_key_env:
+            env[launch.api_key_env] = self._api_key
         with self.log_path.open("ab") as log_file:
             log_file.write(logfiles.marker(self.index, record.argv))
             log_file.flush()
@@ -294,7 +298,10 @@ class Replica:
 
     async def _probe(self, url: str) -> bool:
         try:
-            response = await self.env.http.get(url, timeout=self.env.options.probe_timeout)
+            if self._api_key is None and self.env.launch.api_key_file:  # adopted after a restart of the shim
+                self._api_key = await asyncio.to_thread(self.env.launch.read_api_key)
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
+            response = await self.env.http.get(url, timeout=self.env.options.probe_timeout, headers=headers)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

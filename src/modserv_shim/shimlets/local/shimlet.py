@@ -44,6 +44,7 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ from typing import Any
 
 import httpx
 
-from modserv_shim.errors import NotFound, PermanentStepError, StateConflict, ValidationFailed
+from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
 from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
 from modserv_shim.shimlets.local import logfiles, ports, procfs
@@ -62,6 +63,8 @@ from modserv_shim.shimlets.local.state import ReplicaRecord, ResourceRecord, Sta
 from modserv_shim.shimlets.local.status import summarize
 
 log = logging.getLogger(__name__)
+
+RESTART_POLL = 0.1  # seconds between looks at a restarted replica
 
 
 @dataclass
@@ -190,6 +193,27 @@ class LocalShimlet(ShimletBase):
                 del resource.replicas[replica.index]
                 record.replicas.remove(replica.record)
             self._changed(resource_id)
+
+    async def restart(self, resource_id: str) -> None:
+        """A rolling restart: each replica is stopped and started again, the next one once this one is
+        ready (each new process reads the launch spec's files, such as the API key, anew)."""
+        await self._ensure_started()
+        resource = self._get(resource_id)
+        timeout = resource.record.launch.startup_timeout
+        for old in resource.ordered():
+            async with self._lock:
+                if self._resources.get(resource_id) is not resource or resource.replicas.get(old.index) is not old:
+                    continue  # deleted, or scaled down, meanwhile
+                await old.stop()
+                del resource.replicas[old.index]
+                fresh = resource.add(old.record)
+                fresh.supervise()
+            deadline = time.monotonic() + timeout
+            while fresh.phase is not ReplicaPhase.READY:
+                if fresh.phase is ReplicaPhase.FAILED or time.monotonic() > deadline:
+                    raise BackendUnavailable(f"replica {fresh.index} of {resource_id} did not come back after the"
+                                             f" restart: {fresh.failure or fresh.problem or 'not ready in time'}")
+                await asyncio.sleep(RESTART_POLL)
 
     async def logs(self, resource_id: str, tail: int = 100) -> list[str]:
         await self._ensure_started()
