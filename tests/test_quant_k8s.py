@@ -72,13 +72,17 @@ def quant_job(volume: Path, tmp_path: Path, seen: list[dict[str, Any]], run_seco
         seen.append({"request": json.loads(command[3]), "pod": pod})
         local = command[3].replace("/models", str(volume))  # the pod's paths, on the folder standing for the PVC
         report = tmp_path / f"report-{len(seen)}"
-        done = subprocess.run([sys.executable, "-m", "modserv_shim.pipelines.quant.worker", local],
+        done = subprocess.run([sys.executable, "-m", "modserv_shim.pipelines.quant.worker", local], check=False,
                               env={**os.environ, TASK_REPORT_ENV: str(report)}, capture_output=True, timeout=120)
         message = report.read_text().replace(str(volume), "/models") if report.exists() else done.stderr.decode()
         return JobResult(succeeded=done.returncode == 0, message=message, exit_code=done.returncode,
                          logs=done.stdout.decode(), duration=run_seconds)
 
     return handle
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.partial"))
 
 
 # ------------------------------------------------------------------- through the REST API
@@ -117,7 +121,7 @@ async def test_quantized_in_a_job_on_the_volume_and_served_from_it(sim: Sim, tmp
 
     [made] = sorted((volume / ".modserv-quant").glob("*.Q8_0.gguf"))  # on the volume, named by the input's hash
     assert inspect_model(made).dtype == "Q8_0"
-    assert not list(volume.rglob("*.partial"))
+    assert partials(volume) == []
     served = f"/models/.modserv-quant/{made.name}"
     [job] = seen
     assert job["request"]["src"] == "/models/tiny.gguf" and job["request"]["cache"] == "/models/.modserv-quant"
@@ -129,7 +133,9 @@ async def test_quantized_in_a_job_on_the_volume_and_served_from_it(sim: Sim, tmp
     rec = await k8s_server.server.manager.get(sid)
     assert rec.outputs["model_file"] == served
     assert rec.outputs["quantization"]["source_sha256"] == made.name.split(".")[0]
-    args = sim.get("Deployment", sid)["spec"]["template"]["spec"]["containers"][0]["args"]
+    deployment = sim.get("Deployment", sid)
+    assert deployment is not None
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert served in args, args  # the server reads the quantized file through its own (read-only) mount
     await wait_until_async(lambda: not sim.list("Job", "default") and not sim.list("Pod", "default", TASK_PODS))
 
