@@ -142,7 +142,8 @@ def test_plugin_surface(tmp_path: Path) -> None:
     shimlet = K8sShimlet(PluginContext("k8s", tmp_path, {}))
     assert shimlet.name == "k8s"
     assert launch_target(shimlet) == "container"
-    assert set(shimlet_capabilities(shimlet)) == {"scale", "logs", "watch", "render", "inspect-model", "probe"}
+    assert set(shimlet_capabilities(shimlet)) == {"scale", "logs", "watch", "render", "inspect-model", "probe",
+                                                  "shared-model-volume", "volume-task"}
 
 
 # -- lifecycle on the simulated cluster -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Files: first the four every shimlet has (see
 :mod:`modserv_shim.shimlets`), then its helpers:
 
 ``shimlet``     the plugin and its contracts (create, status, delete, scale, logs, watch,
-                render, inspect_model, request)
+                render, inspect_model, request, shared_model_volume, run_volume_task)
 ``options``     every option with its type, default and meaning (``model_volume`` too)
 ``render``      what a service looks like: Deployment / StatefulSet / Service / validation
                 Job manifests and the endpoint URL
@@ -15,6 +15,7 @@ Files: first the four every shimlet has (see
 ``informer``    list + watch of one kind, resumed and relisted on errors
 ``cache``       the watch cache that ``status`` answers from
 ``validation``  the model check where the pods see it (model_root or a Job)
+``tasks``       a pipeline's program as a Job on the model volume, mounted read-write (quantization)
 """
 
 from modserv_shim.shimlets.k8s.options import K8sOptions, ModelVolume
