@@ -159,7 +159,7 @@ def test_the_default_pipelines_fit_failure_names_a_quant_type() -> None:
     assert quant_hint(q8, functools.partial(check_fit, requirements=ResourceRequirements(memory="6Gi"))) == (
         "use pipeline quant with Q4_K_M (allowRequantize: the file is Q8_0 already): 5.7 GiB fits")
     hf = dataclasses.replace(seven_b(), format="hf")
-    assert quant_hint(hf, fit_check) is None  # HF input: not yet (the quant pipeline takes GGUF files)
+    assert quant_hint(hf, fit_check) is None  # HF: quant would serve it converted, with llama.cpp, not vLLM
 
 
 @needs_smollm2

@@ -201,7 +201,8 @@ def choose_auto(
 
 def quant_hint(facts: ModelFacts, fit_check: Callable[[ModelFacts], FitResult]) -> str | None:
     """For a model that does not fit: ``use pipeline quant with Q4_K_M: 4.9 GiB fits`` (None when no
-    type would fit, or the model is not a GGUF file, the only input the quant pipeline takes yet)."""
+    type would fit, or the model is not a GGUF file: quant serves a Hugging Face folder converted, with
+    llama.cpp instead of vLLM, a change of runtime a fit hint should not slip in)."""
     if facts.format != "gguf":
         return None
     choice = choose_auto(facts, fit_check)
