@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import venv
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modserv_shim.errors import PermanentStepError
+from modserv_shim.errors import PermanentStepError, StepError
 from modserv_shim.modelinfo import inspect_model
 from modserv_shim.pipelines.quant import QuantPipeline
 from modserv_shim.pipelines.quant.convert import (
@@ -206,6 +209,51 @@ async def test_a_cancelled_conversion_leaves_no_partial_file_and_the_next_run_co
     assert (cache / stale.name.removesuffix(".partial")).is_file()
     [(first, _), *_] = ctx.timeouts  # the timeout counts the folder's weights and the F16 file
     assert first > 120
+
+
+async def test_a_converter_killed_from_outside_fails_the_attempt_without_a_partial_file(
+        tiny_hf: Path, tmp_path: Path) -> None:
+    p = pipeline(tmp_path)
+    spec = spec_of(tiny_hf)
+    state = await run_steps(p, spec, tmp_path, "model-validation")
+    step = next(s for s in p.steps() if s.name == "model-quantization")
+    task = asyncio.create_task(p.run_step(step, ContractContext(state, spec, shimlet_of(tmp_path), tmp_path)))
+    for _ in range(3000):
+        if found := converters():
+            os.kill(found[0], signal.SIGKILL)
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(StepError, match="the converter was killed by signal 9 after"):
+        await task
+    cache = tmp_path / "qcache"
+    assert leftovers(cache) == [] and not list(cache.glob("*.gguf")) and converters() == []
+
+
+def test_the_converter_dies_with_the_shim(tmp_path: Path) -> None:
+    """BOOT sets PR_SET_PDEATHSIG: a shim killed with SIGKILL takes the converter with it."""
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    shim = ("import os, subprocess, sys\n"
+            "from modserv_shim.pipelines.quant.convert import BOOT\n"
+            "child = subprocess.Popen([sys.executable, '-c', BOOT, str(os.getpid()), sys.argv[1]])\n"
+            "print(child.pid, flush=True)\n"
+            "child.wait()\n")
+    proc = subprocess.Popen([sys.executable, "-c", shim, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and str(script).encode() not in Path(f"/proc/{child}/cmdline").read_bytes():
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not alive(child), "the converter outlived the shim"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 async def test_a_missing_converter_is_a_clear_error(tiny_hf: Path, tmp_path: Path) -> None:
