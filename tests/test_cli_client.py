@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modserv_shim.client.api import ApiClient
 from modserv_shim.client.cli import new_lines
-from modserv_shim.client.follow import Cursor, parse_sse
+from modserv_shim.client.follow import Cursor, LogLine, Snapshot, StepUpdate, follow, parse_sse
 from modserv_shim.testing import fake_shimlet
 from tests.conftest import Live, fake_settings, free_port
 
@@ -333,3 +337,104 @@ def test_curl_uses_the_openai_path(endpoint: str) -> None:
     from modserv_shim.client.render import curl_command
 
     assert curl_command(endpoint, "m").startswith("curl http://h:1/v1/chat/completions -H ")
+
+
+class _SseServer(ThreadingHTTPServer):
+    """A stand-in for a server with the event stream: the first connection sends two events and drops,
+    the second (with ``Last-Event-ID``) sends the rest."""
+
+    daemon_threads = True
+    seen_last_ids: list[str | None]
+
+
+class _SseHandler(BaseHTTPRequestHandler):
+    server: _SseServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, data: Any) -> None:
+        body = json.dumps({"code": 0, "message": "ok", "data": data}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/api/v1/modserv/s1/events":
+            assert "text/event-stream" in self.headers["Accept"]
+            last = self.headers.get("Last-Event-ID")
+            self.server.seen_last_ids.append(last)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if last is None:
+                self.wfile.write(b"retry: 10\n\n: hello\n\n"
+                                 b'id: 1\nevent: state\ndata: {"ts": "2026-01-01T00:00:00Z", "from": null,'
+                                 b' "to": "initializing", "reason": null, "operator": "ada"}\n\n'
+                                 b'id: 2\nevent: log\ndata: {"ts": "2026-01-01T00:00:01Z", "step": "prepare",'
+                                 b' "attempt": 1, "level": "info", "message": "hello from prepare"}\n\n')
+            else:
+                assert last == "2"
+                self.wfile.write(b'id: 3\nevent: step\ndata: {"startedAt": "2026-01-01T00:00:01Z",'
+                                 b' "finishedAt": "2026-01-01T00:00:02Z", "step": "prepare", "attempt": 1,'
+                                 b' "status": "succeeded", "durationMs": 5.0, "error": null}\n\n'
+                                 b'id: 4\ndata: {"ts": "2026-01-01T00:00:03Z", "from": "initializing",'
+                                 b' "to": "running", "reason": null, "operator": "ada"}\n\n')
+            self.wfile.flush()
+        elif self.path == "/api/v1/modserv/s1":
+            state = "running" if len(self.server.seen_last_ids) > 1 else "pipeline_running"
+            self._json({"serviceId": "s1", "state": state, "endpoint": "http://x:1"})
+        else:
+            self.send_error(404)
+
+
+def test_follow_reads_the_event_stream_and_reconnects_with_last_event_id() -> None:
+    httpd = _SseServer(("127.0.0.1", 0), _SseHandler)
+    httpd.seen_last_ids = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with ApiClient(f"http://127.0.0.1:{httpd.server_address[1]}") as client:
+            updates = list(follow(client, "s1", timeout=10))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert httpd.seen_last_ids == [None, "2"]
+    assert [type(u).__name__ for u in updates] == ["StateChange", "LogLine", "StepUpdate", "StateChange", "Snapshot"]
+    assert isinstance(updates[1], LogLine) and updates[1].message == "hello from prepare"
+    assert isinstance(updates[2], StepUpdate) and (updates[2].status, updates[2].duration_ms) == ("succeeded", 5.0)
+    assert isinstance(updates[-1], Snapshot) and updates[-1].service["state"] == "running"
+
+
+async def test_deploy_wait_on_a_terminal_draws_a_live_display(start_server) -> None:  # type: ignore[no-untyped-def]
+    live: Live = await start_server()
+    master, slave = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODSERV_")}
+    environ.update({"MODSERV_SERVER": live.url, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+    proc = await asyncio.create_subprocess_exec(*CLI, *deploy_args("tty", "FAKE_SLEEP_DEPLOY=0.5"), "--wait",
+                                                env=environ, stdout=slave, stderr=slave,
+                                                stdin=asyncio.subprocess.DEVNULL)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read_all() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = asyncio.get_running_loop().run_in_executor(None, read_all)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    await asyncio.wait_for(reader, 10)
+    os.close(master)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "initializing ✓ → pipeline_running ✓ → deploying ✓ → health_checking ✓ → running ✓" in screen, screen
+    assert re.search(r"deploy\s+succeeded\s+1\s+[\d.]+ (ms|s)", screen), screen
+    assert "curl http://fake/" in screen and "/v1/chat/completions" in screen

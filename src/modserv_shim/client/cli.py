@@ -268,7 +268,7 @@ def watch(c: Conn, client: ApiClient, sid: str, steps: list[str], timeout: float
             for update in updates:
                 line = progress.apply(update)
                 if line:
-                    out.print(line, markup=False)
+                    typer.echo(line)
                 final = _final(update, final)
     except FollowTimeout as exc:
         raise failed(f"{exc}; follow it with: {PROG} status {sid} --wait") from None

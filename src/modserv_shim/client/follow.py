@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -80,15 +80,21 @@ class Cursor:
     logs: int = 0
     runs: dict[tuple[str, int, str], str] = field(default_factory=dict)  # (step, attempt, startedAt) -> status
     last_to: str | None = None  # the state the last event shown went to
+    since: datetime | None = None  # an event stream that replays history: older state changes and lines are skipped
+    last_ts: datetime | None = None  # when the last event shown happened
+    pending: list[tuple[datetime, int, Update]] = field(default_factory=list)  # held back until events catch up
 
     @classmethod
     def now(cls, client: ApiClient, sid: str) -> Cursor:
         """Everything so far counts as shown (``retry --wait`` shows the retry only)."""
         events = client.events(sid)
-        cur = cls(events=len(events), last_to=str(events[-1]["to"]) if events else None)
+        cur = cls(events=len(events), last_to=str(events[-1]["to"]) if events else None,
+                  last_ts=parse_ts(events[-1].get("ts")) if events else None)
         logs = client.pipeline_logs(sid, limit=LOG_PAGE)
         cur.logs = len(logs.get("logs", []))
         cur.runs = {_run_key(r): str(r["status"]) for r in logs.get("runs", [])}
+        stamps = [parse_ts(e.get("ts")) for e in events] + [parse_ts(x.get("ts")) for x in logs.get("logs", [])]
+        cur.since = max(stamps, default=None)
         return cur
 
 
@@ -133,7 +139,7 @@ def follow(client: ApiClient, sid: str, *, until: Iterable[str] = SETTLED, curso
     while True:
         with client.event_stream(sid, last_id) as stream:
             if stream.events is not None:  # no event stream on this server: poll
-                yield from _poll(client, sid, goal, cur, deadline, timeout, poll, stream.events)
+                yield from _poll(client, sid, goal, cur, deadline, timeout, poll)
                 return
             assert stream.lines is not None
             try:
@@ -169,41 +175,43 @@ def _check_deadline(client: ApiClient, sid: str, deadline: float | None, timeout
 
 
 def _poll(client: ApiClient, sid: str, goal: frozenset[str], cur: Cursor, deadline: float | None,
-          timeout: float | None, poll: float, first_events: list[dict[str, Any]]) -> Iterator[Update]:
-    events: list[dict[str, Any]] | None = first_events
-    svc = client.service(sid)
+          timeout: float | None, poll: float) -> Iterator[Update]:
     while True:
-        yield from _drain(client, sid, cur, events)
-        events = None
+        svc = yield from _drain(client, sid, cur)
         state = svc.get("state")
         if state in goal:
             # The store writes behind: the last event and attempt may land a moment after the state.
             settle = time.monotonic() + 2.0
             while cur.last_to != state and time.monotonic() < settle:
                 time.sleep(0.05)
-                yield from _drain(client, sid, cur, None)
-            yield from _drain(client, sid, cur, None)
+                yield from _drain(client, sid, cur)
+            yield from _drain(client, sid, cur, flush=True)
             yield Snapshot(client.service(sid))
             return
         if deadline is not None and time.monotonic() >= deadline:
             raise FollowTimeout(svc, timeout or 0.0)
         wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
         started = time.monotonic()
-        svc = client.service(sid, wait_for=[s for s in STATES if s != state], timeout=round(wait, 3))
-        if svc.get("state") == state and time.monotonic() - started < wait / 2:
+        woke = client.service(sid, wait_for=[s for s in STATES if s != state], timeout=round(wait, 3))
+        if woke.get("state") == state and time.monotonic() - started < wait / 2:
             time.sleep(wait)  # an answer without waiting (a server without waitFor?): no busy loop
 
 
-def _drain(client: ApiClient, sid: str, cur: Cursor, events: list[dict[str, Any]] | None) -> Iterator[Update]:
-    """The updates newer than ``cur``, oldest first; moves ``cur``."""
-    if events is None:
-        events = client.events(sid)
+def _drain(client: ApiClient, sid: str, cur: Cursor, flush: bool = False
+           ) -> Generator[Update, None, dict[str, Any]]:
+    """Yield the updates newer than ``cur``, oldest first, and move ``cur``; return the service.
+
+    Events, attempts and log lines are stored apart and written behind, in order.  The events are read
+    first (what was written before them is then readable), then the attempts and lines, then the
+    service; :func:`_ready` holds back what may still be missing something older."""
+    events = client.events(sid)
     logs = client.pipeline_logs(sid, limit=LOG_PAGE)
+    svc = client.service(sid)
     new: list[tuple[datetime, int, Update]] = []
     for e in events[cur.events:]:
         change = state_change(e)
         new.append((change.ts, 0, change))
-        cur.last_to = change.to
+        cur.last_to, cur.last_ts = change.to, change.ts
     cur.events = max(cur.events, len(events))
     for r in logs.get("runs", []):
         key = _run_key(r)
@@ -216,9 +224,32 @@ def _drain(client: ApiClient, sid: str, cur: Cursor, events: list[dict[str, Any]
         line = log_line(x)
         new.append((line.ts, 1, line))
     cur.logs = max(cur.logs, len(lines))
-    new.sort(key=lambda item: (item[0], item[1]))
-    for _, _, update in new:
+    cur.pending.extend(new)
+    cur.pending.sort(key=lambda item: (item[0], item[1]))
+    ready, cur.pending = _ready(cur, svc.get("state"), flush)
+    for _, _, update in ready:
         yield update
+    return svc
+
+
+def _ready(cur: Cursor, state: Any, flush: bool) -> tuple[list[tuple[datetime, int, Update]],
+                                                          list[tuple[datetime, int, Update]]]:
+    """The pending updates that can be shown (oldest first) and those that wait.
+
+    A step's log lines land with its attempt when it ends, so a state change newer than the start of
+    an attempt still running waits for that attempt (steps run one at a time: the next phase begins
+    after it).  A state change after the events were read shows in the service's ``state`` (read
+    last): until the events catch up, what is newer than the last event waits.  ``flush``: all goes."""
+    if flush:
+        return cur.pending, []
+    open_since = min((parse_ts(key[2]) for key, status in cur.runs.items() if status == "running"), default=None)
+    lagging = cur.last_ts is not None and cur.last_to != state
+    for i, (ts, prio, _) in enumerate(cur.pending):
+        if prio == 0 and open_since is not None and ts > open_since:
+            return cur.pending[:i], cur.pending[i:]
+        if prio != 0 and lagging and cur.last_ts is not None and ts > cur.last_ts:
+            return cur.pending[:i], cur.pending[i:]
+    return cur.pending, []
 
 
 # ---------------------------------------------------------------------------------------- SSE
@@ -290,6 +321,8 @@ def _from_sse(ev: SseEvent, cur: Cursor) -> list[Update]:
     try:
         update = make(data)
     except (TypeError, ValueError):
+        return []
+    if isinstance(update, StateChange | LogLine) and cur.since is not None and update.ts <= cur.since:
         return []
     if isinstance(update, StepUpdate):
         key = (update.step, update.attempt, update.started)

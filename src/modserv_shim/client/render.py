@@ -99,6 +99,7 @@ def service_view(s: dict[str, Any], pipeline: dict[str, Any] | None) -> Renderab
 
 def steps_table(steps: list[dict[str, Any]]) -> Table:
     t = table("STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR")
+    t.columns[-1].overflow, t.columns[-1].no_wrap, t.columns[-1].max_width = "ellipsis", True, 100
     for st in steps:
         runs = st.get("runs") or []
         error = None if st.get("status") == "succeeded" else next(
