@@ -229,6 +229,18 @@ async def test_a_converter_killed_from_outside_fails_the_attempt_without_a_parti
     assert leftovers(cache) == [] and not list(cache.glob("*.gguf")) and converters() == []
 
 
+async def test_a_model_the_converter_does_not_know_fails_with_its_reason(tiny_hf: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "foo"
+    shutil.copytree(tiny_hf, folder)
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"LlamaForCausalLM"', '"FooForCausalLM"'))
+    with pytest.raises(PermanentStepError) as err:
+        await run_steps(pipeline(tmp_path), spec_of(folder), tmp_path, "model-quantization")
+    assert str(err.value) == (f"llama.cpp's {SCRIPT_NAME} could not convert {folder}:"
+                              " ERROR:hf-to-gguf:Model FooForCausalLM is not supported")
+    assert not isinstance(err.value, ConverterMissing) and leftovers(tmp_path / "qcache") == []
+
+
 def test_the_converter_dies_with_the_shim(tmp_path: Path) -> None:
     """BOOT sets PR_SET_PDEATHSIG: a shim killed with SIGKILL takes the converter with it."""
     script = tmp_path / "sleeper.py"

@@ -73,7 +73,7 @@ OUTPUT_LINES = 20
 DISK_MARGIN = 1.05
 DISK_SLACK_BYTES = 32 * 2**20  # the vocabulary and metadata: a few MiB for a 150k-token tokenizer
 TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+),\s+\S+ --> \w+, shape = ")
-KEPT_LINES = ("INFO:hf-to-gguf:Model architecture:", "WARNING:", "ERROR:", "INFO:hf-to-gguf:Model successfully")
+KEPT_LINES = ("INFO:hf-to-gguf:Model architecture:", "WARNING:", "ERROR:")
 ERROR_LINE = re.compile(r"^(ERROR:\S+:|[\w.]*(Error|Exception|Interrupt): )")
 
 # Run in the converter's interpreter (which need not have modserv_shim): die with the shim
@@ -353,8 +353,12 @@ async def _convert(ctx: StepContext, python: str, script: Path, folder: Path, fi
             await asyncio.wait({reader}, timeout=PROGRESS_SECONDS)
             if not reader.done():
                 written = await asyncio.to_thread(_size, partial)
-                ctx.log(f"converting to {outtype}: {out.tensors} tensors read, {gib(written)} of about"
-                        f" {gib(expected)} written, {time.monotonic() - t0:.0f} s")
+                at = f"{time.monotonic() - t0:.0f} s"
+                if out.tensors == 0 and written == 0:
+                    ctx.log(f"converting to {outtype}: the converter starts (it imports torch and transformers), {at}")
+                else:
+                    ctx.log(f"converting to {outtype}: {out.tensors} tensors read, {gib(written)} of about"
+                            f" {gib(expected)} written, {at}")
         await reader
         rc = await proc.wait()
     except BaseException:  # cancelled (a delete, the timeout) or broken: no child, no half file
