@@ -148,7 +148,8 @@ def test_token_sha256_must_be_64_hex_characters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("tokens: [a,\n", "line 2, column 1: invalid YAML"),
     ("- {name: a, role: admin, token: x}\n", "must be a YAML mapping (key: value lines), not a list"),
-    ("tokens: {name: a}\n", "tokens must be a list of {name, role, token | token_sha256}, not a mapping"),
+    ("tokens: {name: a}\n",
+     "tokens must be a list of {name, role, token | token_sha256, optional groups}, not a mapping"),
     ("token:\n  - {name: a}\n", "unknown key(s) 'token'; it holds one key, tokens"),
     ("tokens:\n  - just-a-string\n", "tokens[0]: each token needs a name, a role and a token"),
     ("tokens:\n  - {name: a, roel: admin, token: x}\n", "tokens[0]: unknown key(s) 'roel'"),

@@ -21,6 +21,7 @@ import httpx
 
 import modserv_shim.testing
 from modserv_shim.server.auth import Role
+from modserv_shim.testing.fake_pipeline import FakePipeline
 from tests.conftest import Live, wait_for
 from tests.test_api_flows import DEPLOY
 from tests.test_auth import ADMIN, OPER, VIEW, bearer, token_settings
@@ -87,6 +88,23 @@ async def fresh_failed_service(ctx: Ctx) -> dict[str, Any]:
     return {"url": f"/api/v1/modserv/{sid}/retry"}
 
 
+class KeyedFakePipeline(FakePipeline):
+    """The fake pipeline with a key per service (as privatellm has)."""
+
+    name = "fake-keyed"
+    issues_api_keys = True
+
+
+async def keyed_service(ctx: Ctx) -> dict[str, Any]:
+    """A service with an API key, failed before it was deployed (the fake shimlet cannot restart one)."""
+    body = {**DEPLOY, "pipeline": "fake-keyed", "env": {"FAKE_PERMANENT_PREPARE": "refused on purpose"}}
+    r = await ctx.live.client.post("/api/v1/modserv/deploy", json=body, headers=bearer(OPER))
+    assert r.status_code == 202 and r.json()["data"]["apiKey"], r.text
+    sid: str = r.json()["data"]["serviceId"]
+    await ctx.wait_state(sid, "failed")
+    return {"url": f"/api/v1/modserv/{sid}/rotate-key"}
+
+
 async def deploy(_: Ctx) -> dict[str, Any]:
     return {"url": "/api/v1/modserv/deploy", "json": DEPLOY}
 
@@ -126,6 +144,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("DELETE", f"{API}/modserv/{{service_id}}"): Row(R_OPER, 200, fresh_running_service),
     ("POST", f"{API}/modserv/{{service_id}}/scale"): Row(R_OPER, 200, on_service("/scale", json={"replicaCount": 2})),
     ("POST", f"{API}/modserv/{{service_id}}/retry"): Row(R_OPER, 202, fresh_failed_service),
+    ("POST", f"{API}/modserv/{{service_id}}/rotate-key"): Row(R_OPER, 200, keyed_service),
     # admin: loads plugins
     ("POST", f"{API}/plugins/load"): Row(R_ADMIN, 201, plugin_load),
 }
@@ -150,6 +169,7 @@ def expected_for(row: Row, caller_role: Role | None, has_token: bool) -> tuple[i
 
 async def test_every_route_answers_every_caller_as_documented(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     live: Live = await start_server(token_settings(tmp_path))
+    live.server.manager.registry.register("pipeline", "fake-keyed", KeyedFakePipeline, "test-double")
     shutil.copy(DOUBLES / "fake_shimlet.py", live.server.settings.resolved_plugin_dir / "fake_shimlet.py")
     routes = routes_of(live)
 

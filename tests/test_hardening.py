@@ -212,7 +212,7 @@ async def test_restart_is_not_aborted_by_one_services_status_error(
     srv = build(settings, registry())
     await srv.manager.store.open()
     await srv.manager.start()
-    rec = await srv.manager.deploy(DeploySpec.model_validate(DEPLOY), "tester")
+    rec = (await srv.manager.deploy(DeploySpec.model_validate(DEPLOY), "tester")).record
     await wait_for(lambda: _true(srv.manager.states.find(rec.id).state.value == "running"))
     await srv.manager.close()
     await srv.manager.registry.close()

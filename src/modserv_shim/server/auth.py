@@ -65,7 +65,7 @@ def _role(value: str, where: str, *, quote: bool = True) -> Role:
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = ("name", "role", "token", "token_sha256", "groups")
-_ENTRY_SHAPE = "{name, role, token | token_sha256, groups}"
+_ENTRY_SHAPE = "{name, role, token | token_sha256, optional groups}"
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
