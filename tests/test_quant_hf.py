@@ -353,3 +353,24 @@ async def test_the_name_follows_the_folders_content(tiny_hf: Path, tmp_path: Pat
     config.write_text(config.read_text().replace('"rope_theta": 10000.0', '"rope_theta": 20000.0'))
     assert await digest() != first
     assert list((cache / "sources").glob("*.json"))  # the memo lives in the cache
+
+
+async def test_a_dry_run_on_docker_names_the_file_as_the_container_sees_it(tiny_hf: Path, tmp_path: Path) -> None:
+    """On the docker shimlet the converted file goes into the bound folder; the dry run records it as
+    ``/models/.modserv-quant/...`` (the container's path), not the shim's host path."""
+    from modserv_shim.shimlets.docker import DockerShimlet
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_hf, models / "tiny-llama")
+    p = pipeline(tmp_path)
+    state = await run_steps(p, spec_of(models / "tiny-llama", "Q4_K_M"), tmp_path, "model-validation")
+    docker = DockerShimlet(PluginContext("docker", tmp_path, {  # not started: the step needs no Engine
+        "host": "unix:///var/run/docker.sock", "model_volume": {"source": str(models), "target": "/models"}}))
+    spec = DeploySpec.model_validate(quant_body("tiny-hf", Path("/models/tiny-llama"), {"type": "Q4_K_M"}))
+    step = next(s for s in p.steps() if s.name == "model-quantization")
+    ctx = ContractContext(state, spec, docker, tmp_path, dry_run=True)
+    await p.run_step(step, ctx)
+    served = ctx.new_outputs["model_file"]
+    assert served.startswith("/models/.modserv-quant/hf-") and served.endswith(".F16.gguf"), served
+    assert ctx.new_outputs["quantization"]["source"] == "/models/tiny-llama"
+    assert not list(models.rglob("*.gguf*"))  # a dry run converts nothing

@@ -151,8 +151,13 @@ class QuantPipeline(OpenSourceLLMPipeline):
                     f"{spec.modelFile} is a Hugging Face folder, and on the {ctx.shimlet.name} shimlet the quant"
                     " pipeline takes GGUF files only (it converts folders on the shim's host): convert it with"
                     " llama.cpp's convert_hf_to_gguf.py first, or deploy it with the opensourcellm pipeline")
+            def record_served(c: StepContext, k: str | None, _src: str | Path, digest: str | None, f: ModelFacts,
+                              fit: FitResult, final: str | Path | None = None) -> None:
+                """A dry run's record, with paths as the workloads see them (a container's /models/...)."""
+                self._record(c, k, spec.modelFile, digest, f, fit, None if final is None else where.served(Path(final)))
+
             converted = await convert_hf_folder(ctx, src, cache=where.cache or self.cache_dir, options=self.options,
-                                                kind=kind, fit_check=self._fit_check(spec), record=self._record)
+                                                kind=kind, fit_check=self._fit_check(spec), record=record_served)
             if converted is None:
                 return  # a dry run: what it would convert and serve is recorded
             src, facts, hf_bytes = converted.file, converted.facts, converted.input_bytes
