@@ -100,3 +100,23 @@ class PluginRecord:
     attr: str
     operator: str
     loaded_at: float = field(default_factory=now)
+
+
+class JournalKind:
+    """What a journal entry reports (the ``event:`` of a Server-Sent Event)."""
+
+    STATE = "state"  # a state change (or a same-state event: scaled, key rotated): an Event's fields
+    STEP = "step"  # a step attempt started (status running) or ended: a StepRun's fields
+    LOG = "log"  # a step's log line: a StepLog's fields
+    REPLICA = "replica"  # the ready/desired replica count changed: {"ready", "desired"}
+
+
+@dataclass
+class JournalEntry:
+    """One row of the journal: what the event streams send, in commit order (``id`` increases)."""
+
+    id: int
+    service_id: str
+    ts: float
+    kind: str
+    data: dict[str, Any]

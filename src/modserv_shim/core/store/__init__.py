@@ -18,6 +18,22 @@ read-your-writes, hold).  The pipeline uses it for the progress it can afford to
 lose in a crash (a phase change, a step that succeeded): after a restart the step
 simply runs again.  What must survive a crash (an accepted deploy, a created
 workload, a failure, a delete) is written durably, before the call returns.
+
+The journal (table ``journal``) is what the event streams send: every state change, step
+attempt start and end, step log line and replica count change gets a row, written in the
+transaction that writes the thing it reports.  Its ids are Server-Sent Event ids, so they must
+increase in commit order (a reader that has seen id N must never later find a new row below N):
+
+* in one process every write reaches the database through ``_order``, one transaction at a time
+  (the write-behind batch too), so ids are assigned and committed in the same order;
+* SQLite has one writer at a time, also across processes, and the table uses AUTOINCREMENT, so an
+  id is never reused even after rows are deleted;
+* on PostgreSQL two processes sharing a database could commit out of id order, so a transaction
+  takes a transaction-level advisory lock (``JOURNAL_LOCK``) before it inserts journal rows: the
+  next id is assigned only after the previous journal writer has committed.
+
+After each commit :attr:`Store.changes` wakes the streams, which then read the rows above their
+last id from the database (committed rows only: the database is the one source).
 """
 
 from __future__ import annotations
@@ -33,14 +49,25 @@ from typing import Any, TypeVar
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 
 from modserv_shim.core.lifecycle import State
-from modserv_shim.core.records import Event, PluginRecord, RunStatus, ServiceRecord, StepLog, StepRun, now
+from modserv_shim.core.records import (
+    Event,
+    JournalEntry,
+    JournalKind,
+    PluginRecord,
+    RunStatus,
+    ServiceRecord,
+    StepLog,
+    StepRun,
+    now,
+)
 from modserv_shim.core.store import tables as t
 from modserv_shim.core.store.backends import AsyncBackend, Backend, SQLiteBackend, is_sqlite
+from modserv_shim.core.store.changes import Changes
 from modserv_shim.errors import BackendUnavailable, IdempotencyConflict
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -68,6 +95,12 @@ _INSERT_LOGS = insert(t.step_logs)
 _UPDATE_SERVICE = update(t.services).where(t.services.c.id == bindparam("_id"))
 _UPDATE_RUN = update(t.step_runs).where(t.step_runs.c.id == bindparam("_id"))
 _GET_SERVICE = select(t.services).where(t.services.c.id == bindparam("_id"))
+_INSERT_JOURNAL = insert(t.journal)
+_GET_REPLICAS = select(t.services.c.replicas_ready, t.services.c.replicas_desired).where(
+    t.services.c.id == bindparam("_id"))
+JOURNAL_LOCK = 0x6D6F_6473_6A72  # PostgreSQL advisory lock key of the journal's writers ("modsjr")
+_TAKE_JOURNAL_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=JOURNAL_LOCK)
+JOURNAL_PAGE = 500  # journal rows per read of a stream
 
 
 def _service(row: Mapping[str, Any] | RowMapping) -> ServiceRecord:
@@ -85,6 +118,7 @@ class Store:
         self._order = asyncio.Lock()  # writes (queued ones first) reach the backend one at a time, in order
         self._inflight: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.changes = Changes()  # completed after every commit: the event streams read the journal then
 
     @property
     def backend(self) -> Backend:
@@ -126,7 +160,9 @@ class Store:
         class does not have).  Writes land in the order they were asked for."""
         async with self._order:
             await self._drain()
-            return await self.backend.write(fn)
+            result = await self.backend.write(fn)
+        self.changes.notify()
+        return result
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Read-your-writes: queued writes are written first.  A durable write of another caller
@@ -188,6 +224,7 @@ class Store:
                               error=f"{type(exc).__name__}: {exc}")
         finally:
             del self._pending[: len(batch)]
+            self.changes.notify()
 
     def _flush_later(self) -> None:
         self._flush_timer = None
@@ -212,6 +249,7 @@ class Store:
         row = _row(rec)
         event = {"service_id": rec.id, "ts": rec.created_at, "from_state": None, "to_state": rec.state.value,
                  "reason": None, "operator": rec.operator}
+        entry = _state_entry(event)
         key_row = dataclasses.asdict(idempotency) if idempotency else None
 
         def op(conn: Connection) -> None:
@@ -223,6 +261,7 @@ class Store:
                 conn.execute(insert(t.idempotency_keys), key_row)
             conn.execute(_INSERT_SERVICE, row)
             conn.execute(_INSERT_EVENT, event)
+            _journal(conn, [entry])
 
         try:
             await self.write(op)
@@ -271,17 +310,19 @@ class Store:
         if isinstance(fields.get("state"), State):
             fields["state"] = fields["state"].value
         values = copy.deepcopy({"_id": service_id, **fields})
-        await self.write(lambda conn: conn.execute(_UPDATE_SERVICE, values))
+        await self.write(lambda conn: _journal(conn, _update_service(conn, values)))
 
     async def save_transition(self, rec: ServiceRecord, ev: Event, *, durable: bool = True, **fields: Any) -> None:
         """Persist the record's new state/reason (and any other ``fields``) together with its event."""
         values = {"_id": rec.id, "state": rec.state.value, "reason": rec.reason, "updated_at": rec.updated_at,
                   **fields}
         event = _row(ev, skip_id=True)
+        entry = _state_entry(event)
 
         def op(conn: Connection) -> None:
-            conn.execute(_UPDATE_SERVICE, values)
+            replicas = _update_service(conn, values)
             conn.execute(_INSERT_EVENT, event)
+            _journal(conn, [entry, *replicas])
 
         await self._submit(op, durable)
 
@@ -293,7 +334,14 @@ class Store:
 
     async def add_step_run(self, run: StepRun) -> int:
         row = _row(run, skip_id=True)
-        run.id = await self.write(lambda conn: _insert_run_row(conn, row))
+        entry = _step_entry(row, started=True)
+
+        def op(conn: Connection) -> int:
+            run_id = _insert_run_row(conn, row)
+            _journal(conn, [entry])
+            return run_id
+
+        run.id = await self.write(op)
         return run.id
 
     async def finish_step_run(
@@ -306,6 +354,9 @@ class Store:
         run_row = _row(run, skip_id=True)
         service = copy.deepcopy({"_id": run.service_id, **progress, "updated_at": now()}) if progress else None
         run_id = run.id
+        # Journal: the attempt's start (when its row was not written while it ran), its lines, its end.
+        entries = [*([_step_entry(run_row, started=True)] if run_id is None else []),
+                   *(_log_entry(x) for x in log_rows), _step_entry(run_row)]
 
         def op(conn: Connection) -> int | None:
             if log_rows:
@@ -315,8 +366,8 @@ class Store:
                 new_id = _insert_run_row(conn, run_row)
             else:
                 conn.execute(_UPDATE_RUN, {"_id": run_id, **run_row})
-            if service:
-                conn.execute(_UPDATE_SERVICE, service)
+            replicas = _update_service(conn, service) if service else []
+            _journal(conn, [*entries, *replicas])
             return new_id
 
         if not durable:
@@ -332,13 +383,19 @@ class Store:
 
     async def interrupt_running_steps(self) -> int:
         """Mark runs that were in flight when the server died; they will run again."""
-        stmt = (
-            update(t.step_runs)
-            .where(t.step_runs.c.status == RunStatus.RUNNING)
-            .values(status=RunStatus.INTERRUPTED, finished_at=now(),
-                    error="the server stopped while this attempt ran; the step runs again")
-        )
-        return await self.write(lambda conn: int(conn.execute(stmt).rowcount or 0))
+        ended = now()
+        fields = {"status": RunStatus.INTERRUPTED, "finished_at": ended,
+                  "error": "the server stopped while this attempt ran; the step runs again"}
+        running = select(t.step_runs).where(t.step_runs.c.status == RunStatus.RUNNING).order_by(t.step_runs.c.id)
+        stmt = update(t.step_runs).where(t.step_runs.c.status == RunStatus.RUNNING).values(**fields)
+
+        def op(conn: Connection) -> int:
+            runs = [{**r, **fields} for r in conn.execute(running).mappings().all()]
+            count = int(conn.execute(stmt).rowcount or 0)
+            _journal(conn, [_step_entry(r) for r in runs])
+            return count
+
+        return await self.write(op)
 
     # --------------------------------------------------------------- step logs
 
@@ -346,7 +403,13 @@ class Store:
         if not logs:
             return
         rows = [_row(x, skip_id=True) for x in logs]
-        await self.write(lambda conn: conn.execute(_INSERT_LOGS, rows))
+        entries = [_log_entry(x) for x in rows]
+
+        def op(conn: Connection) -> None:
+            conn.execute(_INSERT_LOGS, rows)
+            _journal(conn, entries)
+
+        await self.write(op)
 
     async def list_step_logs(self, service_id: str, step: str | None = None, limit: int = 1000) -> list[StepLog]:
         q = select(t.step_logs).where(t.step_logs.c.service_id == service_id)
@@ -359,11 +422,41 @@ class Store:
 
     async def add_event(self, ev: Event) -> None:
         row = _row(ev, skip_id=True)
-        await self.write(lambda conn: conn.execute(_INSERT_EVENT, row))
+        entry = _state_entry(row)
+
+        def op(conn: Connection) -> None:
+            conn.execute(_INSERT_EVENT, row)
+            _journal(conn, [entry])
+
+        await self.write(op)
 
     async def list_events(self, service_id: str) -> list[Event]:
         q = select(t.events).where(t.events.c.service_id == service_id).order_by(t.events.c.id)
         return await self.read_bulk(lambda conn: [Event(**dict(r)) for r in conn.execute(q).mappings().all()])
+
+    async def recent_events(self, limit: int) -> list[Event]:
+        """The last ``limit`` state changes of all services, oldest first."""
+        q = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
+        return await self.read_bulk(
+            lambda conn: [Event(**dict(r)) for r in reversed(conn.execute(q).mappings().all())])
+
+    # ----------------------------------------------------------------- journal
+
+    async def read_journal(self, after: int, service_id: str | None = None, limit: int = JOURNAL_PAGE
+                           ) -> list[JournalEntry]:
+        """Journal rows with an id above ``after`` (of one service, or all), oldest first.  Committed rows
+        only: it does not wait for the write-behind queue (those rows come with a later commit)."""
+        q = select(t.journal).where(t.journal.c.id > after)
+        if service_id is not None:
+            q = q.where(t.journal.c.service_id == service_id)
+        q = q.order_by(t.journal.c.id).limit(limit)
+        return await self.backend.read_bulk(
+            lambda conn: [JournalEntry(**dict(r)) for r in conn.execute(q).mappings().all()])
+
+    async def journal_head(self) -> int:
+        """The newest journal id (0 when the journal is empty)."""
+        q = select(func.max(t.journal.c.id))
+        return await self.backend.read(lambda conn: int(conn.execute(q).scalar() or 0))
 
     # ----------------------------------------------------------------- plugins
 
@@ -382,6 +475,51 @@ class Store:
 def _run_all(batch: Sequence[Callable[[Connection], object]], conn: Connection) -> None:
     for fn in batch:
         fn(conn)
+
+
+def _journal(conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Append journal rows, in this transaction (see the module: ids increase in commit order)."""
+    if not entries:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(_TAKE_JOURNAL_LOCK)  # held until this transaction ends
+    conn.execute(_INSERT_JOURNAL, list(entries))
+
+
+def _update_service(conn: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Update a service row; the journal entry to write when its ready/desired replica count changes."""
+    if "replicas_ready" not in values and "replicas_desired" not in values:
+        conn.execute(_UPDATE_SERVICE, values)
+        return []
+    before = conn.execute(_GET_REPLICAS, {"_id": values["_id"]}).first()
+    conn.execute(_UPDATE_SERVICE, values)
+    if before is None:
+        return []
+    ready = int(values.get("replicas_ready", before[0]))
+    desired = int(values.get("replicas_desired", before[1]))
+    if (ready, desired) == (before[0], before[1]):
+        return []
+    return [{"service_id": values["_id"], "ts": values.get("updated_at") or now(), "kind": JournalKind.REPLICA,
+             "data": {"ready": ready, "desired": desired}}]
+
+
+def _state_entry(event: Mapping[str, Any]) -> dict[str, Any]:
+    data = {k: event[k] for k in ("ts", "from_state", "to_state", "reason", "operator")}
+    return {"service_id": event["service_id"], "ts": event["ts"], "kind": JournalKind.STATE, "data": data}
+
+
+def _step_entry(run: Mapping[str, Any], *, started: bool = False) -> dict[str, Any]:
+    """A step attempt as it ended (``run`` as it is now), or as it started."""
+    data = {k: v for k, v in run.items() if k not in ("id", "service_id")}
+    if started:
+        data.update(status=RunStatus.RUNNING, finished_at=None, duration_ms=None, error=None)
+    ts = data["started_at"] if started or data.get("finished_at") is None else data["finished_at"]
+    return {"service_id": run["service_id"], "ts": ts, "kind": JournalKind.STEP, "data": copy.deepcopy(data)}
+
+
+def _log_entry(line: Mapping[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in line.items() if k not in ("id", "service_id")}
+    return {"service_id": line["service_id"], "ts": line["ts"], "kind": JournalKind.LOG, "data": data}
 
 
 def _insert_run_row(conn: Connection, row: Mapping[str, Any]) -> int:

@@ -72,6 +72,22 @@ events = Table(
     Index("ix_events_service", "service_id", "id"),
 )
 
+# Everything a client following the services can see, in the order it was committed: state changes,
+# step attempts (start and end), step log lines, replica counts.  ``id`` is the Server-Sent Events id:
+# assigned when the row is written, never reused (sqlite_autoincrement), increasing in commit order
+# (see Store: one writer per process, and an advisory lock on PostgreSQL).
+journal = Table(
+    "journal",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service_id", String(120), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(16), nullable=False),  # state | step | log | replica
+    Column("data", JSON, nullable=False),
+    Index("ix_journal_service", "service_id", "id"),
+    sqlite_autoincrement=True,
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
