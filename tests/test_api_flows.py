@@ -193,9 +193,10 @@ async def test_health_metrics_and_openapi(start_server) -> None:  # type: ignore
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=DEPLOY))["data"]["serviceId"]
     await live.wait_state(sid, "running")
     text = (await live.client.get("/metrics")).text
-    assert 'modserv_deployments_total{result="succeeded"} 1.0' in text
-    assert 'modserv_services{state="running"} 1.0' in text
-    assert 'modserv_step_duration_seconds_count{outcome="succeeded",pipeline="fake",step="deploy"} 1.0' in text
+    assert 'modserv_deploys_finished_total{pipeline="fake",result="succeeded",shimlet="fake"} 1.0' in text
+    assert 'modserv_services{pipeline="fake",shimlet="fake",state="running"} 1.0' in text
+    assert ('modserv_step_duration_seconds_count{outcome="succeeded",pipeline="fake",shimlet="fake",step="deploy"} 1.0'
+            in text)
     openapi = (await live.client.get("/openapi.json")).json()
     assert "/api/v1/modserv/deploy" in openapi["paths"]
     assert (await live.client.get("/docs")).status_code == 200

@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     shimlets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
     poll_interval: float = Field(default=2.0, gt=0)
+    capacity_interval: float = Field(default=30.0, gt=0)  # seconds between capacity readings (metrics)
     delete_wait: float = Field(default=30.0, ge=0)
     log_level: str = "info"
     log_format: str = Field(default="console", pattern="^(console|json)$")

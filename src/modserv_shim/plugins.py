@@ -7,7 +7,8 @@ Two plugin kinds sit around the core:
   add optional capabilities, each a small Protocol checked with ``isinstance``
   (:data:`CAPABILITIES`): :class:`Scalable`, :class:`LogSource`, :class:`Watchable`,
   :class:`WorkloadRenderer`, :class:`ModelInspector`, :class:`EndpointProber`,
-  :class:`ModelVolumeSharer`, :class:`VolumeTaskRunner`, and :class:`Lifecycle` (start/close).
+  :class:`ModelVolumeSharer`, :class:`VolumeTaskRunner`, :class:`CapacityReporter`, and
+  :class:`Lifecycle` (start/close).
   Two optional attributes describe what it runs:
   ``launch_target`` (:func:`launch_target`) and ``programs`` (:func:`runtime_program`).
 * a **pipeline** is an ordered list of :class:`StepSpec` plus
@@ -510,6 +511,57 @@ class VolumeTaskRunner(Protocol):
     async def run_volume_task(self, task: VolumeTask) -> VolumeTaskResult: ...
 
 
+@dataclass(frozen=True)
+class HostCapacity:
+    """What one host (a machine, a Kubernetes node, a Docker host) offers the workloads of a shimlet.
+
+    Each figure is None when the shimlet does not know it.  ``accelerators`` counts accelerators by
+    type, named as a deploy's ``acceleratorType`` names them where the shimlet can tell (``NVIDIA H20``),
+    else by the environment's own word (a node label value, ``nvidia.com/gpu``).
+    """
+
+    host: str
+    cpu_cores: float | None = None
+    memory_bytes: int | None = None
+    accelerators: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a shimlet's environment offers, host by host (the Prometheus capacity gauges)."""
+
+    hosts: Sequence[HostCapacity] = ()
+
+    @property
+    def cpu_cores(self) -> float | None:
+        known = [h.cpu_cores for h in self.hosts if h.cpu_cores is not None]
+        return float(sum(known)) if known else None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        known = [h.memory_bytes for h in self.hosts if h.memory_bytes is not None]
+        return sum(known) if known else None
+
+    @property
+    def accelerators(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for h in self.hosts:
+            for kind, n in h.accelerators.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+
+@runtime_checkable
+class CapacityReporter(Protocol):
+    """A shimlet that knows what its environment offers: CPU cores, memory and accelerators per host.
+
+    Called by the server in the background (every ``capacity_interval`` seconds), never while a
+    request waits; it may do I/O (list nodes, ask an Engine) and raise when it cannot tell now.
+    """
+
+    async def capacity(self) -> Capacity: ...
+
+
 CAPABILITIES: dict[str, type] = {
     "scale": Scalable,
     "logs": LogSource,
@@ -519,6 +571,7 @@ CAPABILITIES: dict[str, type] = {
     "probe": EndpointProber,
     "shared-model-volume": ModelVolumeSharer,
     "volume-task": VolumeTaskRunner,
+    "capacity": CapacityReporter,
 }
 
 

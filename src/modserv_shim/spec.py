@@ -52,6 +52,13 @@ def memory_bytes(quantity: str) -> int:
     return int(number * factor)
 
 
+def cpu_cores(quantity: str) -> float:
+    """Cores in a Kubernetes CPU quantity such as ``4``, ``0.5`` or ``500m``."""
+    if not CPU_RE.match(quantity):
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def _short(value: Any) -> str:
     """``repr`` of a value for an error message, cut so that a huge input does not make a huge message."""
     text = repr(value)

@@ -222,6 +222,14 @@ class _Context:
         return self._rec.resource_id
 
     @property
+    def shimlet_name(self) -> str:
+        return self._rec.shimlet
+
+    @property
+    def pipeline_name(self) -> str:
+        return self._rec.pipeline
+
+    @property
     def data_dir(self) -> Path:
         return self._ex.data_dir
 
@@ -379,6 +387,8 @@ class Executor:
         policy = step.retry
         for attempt in range(1, policy.attempts + 1):
             ctx = _Context(self, rec, spec, shimlet, step, attempt, operator, dry_run, timeout_fixed)
+            if attempt > 1 and not dry_run:  # counted as the stored attempts are (rebuilt from them at start)
+                self.metrics.step_retries.labels(shimlet=rec.shimlet, pipeline=rec.pipeline, step=step.name).inc()
             ctx.params["timeout"] = step.timeout
             run = StepRun(rec.id, step.name, attempt, RunStatus.RUNNING, self.clock.now(), operator,
                           params={"timeout": step.timeout, "retry": asdict(policy)})
@@ -443,7 +453,6 @@ class Executor:
             tried = f" (after {attempt} attempts)" if attempt > 1 else ""
             raise StepFailed(step.name, f"{step.name} failed{tried}: {reason}", attempt) from error
         delay = policy.delay(attempt)
-        self.metrics.step_retries.labels(pipeline=pipeline.name, step=step.name).inc()
         note = f"attempt {attempt} failed: {reason}; retrying in {delay:g} s"
         note_line = StepLog(run.service_id, step.name, attempt, self.clock.now(), "warning", note)
         await self.recorder.add_step_logs([note_line])
@@ -467,7 +476,8 @@ class Executor:
         run.duration_ms = round(elapsed * 1000, 3)
         run.params.update(mask_private(ctx.params, ctx.private()))
         await asyncio.shield(self._persist_finish(run, ctx, progress, recorded))
-        self.metrics.step_duration.labels(pipeline=pipeline.name, step=run.step, outcome=status).observe(elapsed)
+        self.metrics.step_duration.labels(shimlet=ctx.shimlet_name, pipeline=ctx.pipeline_name, step=run.step,
+                                          outcome=status).observe(elapsed)
         log.info("step finished", service_id=run.service_id, step=run.step, attempt=run.attempt,
                  outcome=status, duration_ms=run.duration_ms, operator=run.operator, params=redact(run.params),
                  error=error)

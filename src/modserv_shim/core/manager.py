@@ -24,11 +24,13 @@ import structlog
 
 from modserv_shim.allowlist import RequestPolicy
 from modserv_shim.core.admission import Admission
+from modserv_shim.core.capacity import CapacityMonitor
 from modserv_shim.core.clock import Clock, SystemClock
 from modserv_shim.core.executor import StepOverride
 from modserv_shim.core.keys import ServiceKeys
 from modserv_shim.core.lifecycle import PIPELINE_STATES, SERVING_STATES, State
 from modserv_shim.core.metrics import Metrics
+from modserv_shim.core.metrics_store import rebuild_metrics
 from modserv_shim.core.pipeline_tasks import PipelineTasks
 from modserv_shim.core.plugin_service import PluginService
 from modserv_shim.core.records import Event, ServiceRecord, StepLog, StepRun, now
@@ -76,6 +78,7 @@ class ManagerConfig:
     default_pipeline: str
     step_overrides: Mapping[str, Mapping[str, StepOverride]]  # pipeline -> step -> override
     poll_interval: float = 2.0
+    capacity_interval: float = 30.0  # seconds between readings of the shimlets' capacity (metrics)
     delete_wait: float = 30.0
     policy: RequestPolicy = field(default_factory=RequestPolicy)
 
@@ -122,7 +125,9 @@ class ServiceManager:
         self.keys = ServiceKeys(config.data_dir)
         self.terminations = Terminations(self.states, registry, self.clock, self.keys)
         self.plugins = PluginService(store, registry, default_shimlet=config.default_shimlet,
-                                     default_pipeline=config.default_pipeline)
+                                     default_pipeline=config.default_pipeline, metrics=self.metrics)
+        self.metrics.watch_services(self.states.live)  # a scrape reads the live services
+        self.capacity = CapacityMonitor(registry, self.metrics, config.capacity_interval)
         self.admission = Admission(registry, config.policy, default_shimlet=config.default_shimlet,
                                    default_pipeline=config.default_pipeline, steps_of=self.steps_of)
 
@@ -137,6 +142,7 @@ class ServiceManager:
         interrupted = await self.store.interrupt_running_steps()
         if interrupted:
             log.warning("resuming after an unclean stop", interrupted_steps=interrupted)
+        await rebuild_metrics(self.store, self.metrics)  # counts survive a restart; before anything counts
         await self.plugins.reload_stored()
         for rec in await self.store.list_services([s for s in State if s is not State.TERMINATED]):
             self.states.add(rec)
@@ -145,9 +151,9 @@ class ServiceManager:
             except Exception as exc:  # one service must not keep the server from starting
                 log.warning("cannot read the status of a service after restart; the poller keeps trying",
                             service_id=rec.id, state=rec.state.value, error=f"{type(exc).__name__}: {exc}")
-        await self.states.refresh_state_gauge()
         self.watcher.start()
         self.plugins.warm_up()
+        self.capacity.start()
 
     async def _resume(self, rec: ServiceRecord) -> None:
         if rec.state in PIPELINE_STATES:
@@ -169,7 +175,8 @@ class ServiceManager:
 
     async def close(self) -> None:
         """Stop our own tasks; workloads keep running (they survive a restart)."""
-        tasks = [*self.pipelines.tasks(), *self.watcher.tasks(), *self.terminations.tasks(), *self.plugins.tasks()]
+        tasks = [*self.pipelines.tasks(), *self.watcher.tasks(), *self.terminations.tasks(), *self.plugins.tasks(),
+                 *self.capacity.tasks()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -338,7 +345,6 @@ class ServiceManager:
             await shimlet.scale(rec.resource_id, replicas)
             await self.store.add_event(Event(rec.id, now(), rec.state.value, rec.state.value,
                                              f"scaled to {replicas} replicas", operator))
-        self.metrics.replicas_desired.labels(service=rec.id).set(replicas)
         log.info("service scaled", service_id=rec.id, replicas=replicas, operator=operator)
         return rec
 

@@ -122,7 +122,6 @@ class PipelineTasks:
                 log.warning("status after the pipeline failed", service_id=rec.id, error=str(exc))
         if not await self.states.transition(rec, State.RUNNING, operator=operator, background=True, also=replicas):
             return  # deleted meanwhile
-        self.states.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
         self._count_finished(rec, "succeeded", started)
         self._tasks.pop(rec.id, None)
         try:
@@ -131,9 +130,9 @@ class PipelineTasks:
             log.warning("status after the pipeline failed", service_id=rec.id, error=str(exc))
 
     def _count_finished(self, rec: ServiceRecord, result: str, started: float) -> None:
-        metrics = self.states.metrics
-        metrics.deployments.labels(result=result).inc()
-        metrics.pipeline_duration.labels(pipeline=rec.pipeline, result=result).observe(time.monotonic() - started)
+        """The run's duration (the deploys finished are counted by the transition that ends the run)."""
+        self.states.metrics.pipeline_duration.labels(shimlet=rec.shimlet, pipeline=rec.pipeline, result=result
+                                                     ).observe(time.monotonic() - started)
 
     # --------------------------------------------------------------- dry run
 

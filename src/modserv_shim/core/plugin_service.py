@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.records import PluginRecord
 from modserv_shim.core.registry import Kind, Registry
 from modserv_shim.core.store import Store
@@ -19,9 +20,11 @@ KINDS: tuple[Kind, ...] = ("shimlet", "pipeline")
 
 
 class PluginService:
-    def __init__(self, store: Store, registry: Registry, *, default_shimlet: str, default_pipeline: str) -> None:
+    def __init__(self, store: Store, registry: Registry, *, default_shimlet: str, default_pipeline: str,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.registry = registry
+        self.metrics = metrics or Metrics()
         self.defaults: dict[Kind, str] = {"shimlet": default_shimlet, "pipeline": default_pipeline}
         self._warm_up: asyncio.Task[None] | None = None
 
@@ -30,7 +33,9 @@ class PluginService:
         for p in await self.store.list_plugins():
             try:
                 await self.registry.load(p.kind, p.name, file=p.file, module=p.module, attr=p.attr)  # type: ignore[arg-type]
+                self.metrics.plugin_loads.labels(kind=p.kind, result="succeeded").inc()
             except ShimError as exc:
+                self.metrics.plugin_loads.labels(kind=p.kind, result="failed").inc()
                 log.error("a plugin loaded earlier cannot be loaded again", kind=p.kind, name=p.name, error=str(exc))
 
     def warm_up(self) -> None:
@@ -54,7 +59,12 @@ class PluginService:
         self, kind: Kind, name: str, *, file: str | None, module: str | None, attr: str, operator: str
     ) -> dict[str, Any]:
         """Hot-load a plugin, store where it came from, and describe it."""
-        entry = await self.registry.load(kind, name, file=file, module=module, attr=attr)
+        try:
+            entry = await self.registry.load(kind, name, file=file, module=module, attr=attr)
+        except Exception:
+            self.metrics.plugin_loads.labels(kind=kind, result="failed").inc()
+            raise
+        self.metrics.plugin_loads.labels(kind=kind, result="succeeded").inc()
         stored_file = str(self.registry.resolve_plugin_file(file)) if file else None
         await self.store.save_plugin(PluginRecord(kind, name, stored_file, module, attr, operator))
         log.info("plugin hot-loaded", kind=kind, name=name, source=entry.source, operator=operator)

@@ -13,7 +13,6 @@ watcher and an API call never act on stale copies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -64,10 +63,6 @@ class ServiceStates:
         if (ready, endpoint) != (rec.replicas_ready, rec.endpoint):
             rec.replicas_ready, rec.endpoint = ready, endpoint
             await self.store.update_service(rec.id, replicas_ready=rec.replicas_ready, endpoint=rec.endpoint)
-            self.metrics.replicas_ready.labels(service=rec.id).set(rec.replicas_ready)
-
-    async def refresh_state_gauge(self) -> None:
-        self.metrics.set_state_counts(await self.store.count_services(), [s.value for s in State])
 
     # ------------------------------------------------------------ state change
 
@@ -115,25 +110,15 @@ class ServiceStates:
         await asyncio.shield(self.store.save_transition(
             rec, Event(rec.id, rec.updated_at, old.value, new.value, reason, operator), durable=durable,
             **(also or {})))
-        self._count(old, new)
+        self.metrics.transitioned(rec, old, new)
         log.info("state changed", service_id=rec.id, from_state=old.value, to_state=new.value,
                  reason=reason, operator=operator)
         self.waiters.wake(rec.id)
         if new is State.TERMINATED:
             self._live.pop(rec.id, None)
-            for gauge in (self.metrics.replicas_ready, self.metrics.replicas_desired):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(rec.id)
         return True
-
-    def _count(self, old: State, new: State) -> None:
-        self.metrics.transitions.labels(from_state=old.value, to_state=new.value).inc()
-        self.metrics.services.labels(state=old.value).dec()
-        self.metrics.services.labels(state=new.value).inc()
 
     def accepted(self, rec: ServiceRecord) -> None:
         """A deploy that has just been stored in its first state: live from now on, and counted."""
         self._live[rec.id] = rec
-        self.metrics.transitions.labels(from_state="", to_state=rec.state.value).inc()
-        self.metrics.services.labels(state=rec.state.value).inc()
-        self.metrics.replicas_desired.labels(service=rec.id).set(rec.replicas_desired)
+        self.metrics.accepted(rec)

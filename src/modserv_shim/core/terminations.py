@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from modserv_shim.core.clock import Clock
 from modserv_shim.core.keys import ServiceKeys
@@ -53,7 +52,5 @@ class Terminations:
             await asyncio.to_thread(self.keys.remove, rec.id)  # its API key, if it had one
             rec.replicas_ready = 0
             await self.states.store.update_service(rec.id, replicas_ready=0)
-            with contextlib.suppress(KeyError):
-                self.states.metrics.replicas_ready.remove(rec.id)
         finally:
             self._tasks.pop(rec.id, None)

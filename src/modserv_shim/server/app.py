@@ -14,6 +14,7 @@ from modserv_shim.errors import ERROR_TABLE
 from modserv_shim.server import envelope
 from modserv_shim.server.auth import TokenTable
 from modserv_shim.server.deps import AppState
+from modserv_shim.server.http_metrics import HttpMetrics
 from modserv_shim.server.limits import BodyLimit
 from modserv_shim.server.routes import plugins, services, system
 
@@ -59,6 +60,7 @@ def create_app(
     envelope.install(app)
     envelope.tidy_openapi(app)
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(HttpMetrics, metrics=manager.metrics)  # outermost: it sees the body limit's 413s too
     for table in (system.routes, services.routes, plugins.routes):
         table.add_to(app)
     return app

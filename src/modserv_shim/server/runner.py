@@ -80,6 +80,7 @@ def build(settings: Settings, registry: Registry | None = None, **manager_kwargs
             default_pipeline=settings.pipeline,
             step_overrides=step_overrides(settings),
             poll_interval=settings.poll_interval,
+            capacity_interval=settings.capacity_interval,
             delete_wait=settings.delete_wait,
             policy=request_policy(settings),
         ),

@@ -16,6 +16,11 @@ check (as before).  Names match ignoring case and the difference between spaces,
 hyphens and underscores (``NVIDIA-H20`` is ``NVIDIA H20``, as GPU feature discovery
 spells it).
 
+For the capacity metrics the host's GPU count comes from a second label,
+``org.modserv-shim.gpu.count=8`` (the Engine counts no GPUs either); it is reported under the one
+product the first label names, or as ``nvidia.com/gpu`` without one (with several products the
+split is unknown and no count is reported).
+
 Swarm's generic resources (``--node-generic-resource``) are not read: their kinds name
 a resource type (``NVIDIA-GPU``), not a product.
 """
@@ -30,19 +35,34 @@ from modserv_shim.errors import PermanentStepError
 from modserv_shim.shimlets.docker.engine import Engine
 
 GPU_PRODUCT_LABEL = "org.modserv-shim.gpu.product"
+GPU_COUNT_LABEL = "org.modserv-shim.gpu.count"
+
+
+def _labels(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    labels = info.get("Labels") or []
+    if isinstance(labels, Mapping):  # not the Engine's shape, but harmless to accept
+        labels = [f"{k}={v}" for k, v in labels.items()]
+    return [(key.strip(), value) for key, _, value in (str(item).partition("=") for item in labels)]
 
 
 def host_products(info: Mapping[str, Any]) -> list[str]:
     """The GPU products the Engine's labels name (``Labels`` of ``GET /info``: ``key=value`` strings)."""
-    labels = info.get("Labels") or []
-    if isinstance(labels, Mapping):  # not the Engine's shape, but harmless to accept
-        labels = [f"{k}={v}" for k, v in labels.items()]
     products: list[str] = []
-    for item in labels:
-        key, _, value = str(item).partition("=")
-        if key.strip() == GPU_PRODUCT_LABEL:
+    for key, value in _labels(info):
+        if key == GPU_PRODUCT_LABEL:
             products += [p.strip().strip('"') for p in value.split(",") if p.strip().strip('"')]
     return list(dict.fromkeys(products))
+
+
+def host_gpus(info: Mapping[str, Any]) -> dict[str, int]:
+    """The host's GPUs by product for the capacity metrics (see the module docstring); {} when not labelled."""
+    counts = [value.strip().strip('"') for key, value in _labels(info) if key == GPU_COUNT_LABEL]
+    if not counts or not counts[-1].isdigit():
+        return {}
+    products = host_products(info)
+    if len(products) > 1:
+        return {}
+    return {products[0] if products else "nvidia.com/gpu": int(counts[-1])}
 
 
 def _key(name: str) -> str:

@@ -28,6 +28,7 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   restart policy is configured (:mod:`.keeper`); so is a ready one that stops answering
   its health checks.  Replicas the rule gave up on stay FAILED after a restart of the
   shim (:mod:`.state`, under ``<data_dir>/docker/``).
+* ``capacity`` is the Docker host as ``GET /info`` describes it (CPUs, memory, labelled GPUs).
 
 ``inspect_model`` validates the model where the containers will see it: read by the
 shim when the Engine is on this machine, else in a short validation container
@@ -47,7 +48,15 @@ import httpx
 
 from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
-from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus, SharedModelVolume
+from modserv_shim.plugins import (
+    Capacity,
+    DeployContext,
+    HostCapacity,
+    PluginContext,
+    ResourcePhase,
+    ResourceStatus,
+    SharedModelVolume,
+)
 from modserv_shim.shimlets.docker import placement, render
 from modserv_shim.shimlets.docker.deploy import Deployer
 from modserv_shim.shimlets.docker.engine import Engine
@@ -137,6 +146,19 @@ class DockerShimlet(ShimletBase):
             await self._http.aclose()
 
     # ------------------------------------------------------------- Shimlet
+
+    async def capacity(self) -> Capacity:
+        """The Docker host (``GET /info``): its CPUs (``NCPU``), memory (``MemTotal``) and GPUs when its
+        Engine labels name them (:func:`.placement.host_gpus`)."""
+        await self._ensure_started()
+        assert self._engine is not None
+        info = await self._engine.info()
+        cpus, memory = info.get("NCPU"), info.get("MemTotal")
+        return Capacity((HostCapacity(
+            str(info.get("Name") or self._engine.url),
+            float(cpus) if isinstance(cpus, int | float) and cpus > 0 else None,
+            int(memory) if isinstance(memory, int) and memory > 0 else None,
+            placement.host_gpus(info)),))
 
     async def create(self, ctx: DeployContext) -> str:
         if ctx.replicas < 0:

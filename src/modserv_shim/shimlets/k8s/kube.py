@@ -219,6 +219,15 @@ class KubeApi:
         items = [dict(o.to_dict()) async for o in listing]
         return str(listing.resourceVersion), items
 
+    async def list_nodes(self) -> list[Obj]:
+        """Every node of the cluster (cluster-scoped: needs the ClusterRole of deploy/kubernetes/rbac.yaml)."""
+        what = "listing the nodes"
+        status, body = await self.raw_request("GET", "/api/v1/nodes", what=what)
+        if status != 200 or not isinstance(body, dict):
+            hint = "; grant the ClusterRole modserv-shim-nodes in deploy/kubernetes/rbac.yaml" if status == 403 else ""
+            raise BackendUnavailable(f"{what}: Kubernetes answered {status}: {status_message(body)}{hint}")
+        return [dict(o) for o in body.get("items") or [] if isinstance(o, dict)]
+
     async def watch(self, kind: str, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
         """Events of our objects of ``kind`` after ``resource_version``; raises on any error (the caller resumes).
 

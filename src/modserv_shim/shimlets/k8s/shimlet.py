@@ -37,6 +37,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   task Job on the model volume, mounted read-write, and what it writes there the pods see
   (:mod:`.tasks`).
 * ``render`` returns the manifests ``create`` would apply (for ``dryRun``).
+* ``capacity`` sums the allocatable CPU, memory and GPUs of the schedulable, ready nodes
+  (:mod:`.nodes`; one list of the nodes per call, which the server makes in the background).
 
 The public methods start the shimlet themselves if the server forgot to, and refuse
 once it is closed (:class:`~modserv_shim.kit.shimlet.ShimletBase`).
@@ -61,6 +63,7 @@ from modserv_shim.errors import (
 )
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
 from modserv_shim.plugins import (
+    Capacity,
     DeployContext,
     PluginContext,
     ResourcePhase,
@@ -73,6 +76,7 @@ from modserv_shim.shimlets.k8s import naming, render, tasks
 from modserv_shim.shimlets.k8s.cache import KINDS, WORKLOAD_KINDS, ClusterCache
 from modserv_shim.shimlets.k8s.informer import Informer
 from modserv_shim.shimlets.k8s.kube import KubeApi, load_config
+from modserv_shim.shimlets.k8s.nodes import node_capacity
 from modserv_shim.shimlets.k8s.options import K8sOptions
 from modserv_shim.shimlets.k8s.podspec import PORT_NAME
 from modserv_shim.shimlets.k8s.status import Track, summarize
@@ -308,6 +312,12 @@ class K8sShimlet(ShimletBase):
         url = f"{self._endpoint(name, self._cache.workload(name))}/{path.lstrip('/')}"
         what = f"{method} {path} on service {kube.namespace}/{name}"
         return await kube.raw_request(method, url, what=what, json_body=json, client=self._direct)
+
+    async def capacity(self) -> Capacity:
+        """The schedulable, ready nodes' allocatable CPU, memory and GPUs (:mod:`.nodes`)."""
+        kube = await self._ready()
+        hosts = [node_capacity(node, self.options) for node in await kube.list_nodes()]
+        return Capacity(tuple(h for h in hosts if h is not None))
 
     def resource_ids(self) -> list[str]:
         """Ids of every service this shimlet sees (after ``start``)."""

@@ -16,6 +16,8 @@ Contracts (see :class:`~modserv_shim.plugins.Shimlet`) and how they are kept:
   logs) is removed.  It returns when no process of the resource is left.
 * ``scale`` starts or stops replicas, highest index first, so replica 0 (the
   endpoint) is never the one stopped.
+* ``capacity`` is this machine: the CPUs the shim may run on and its RAM (a cgroup's memory
+  limit when it runs under one), for the capacity metrics.
 * ``render`` (for dryRun) shows the command line, environment and log location
   without starting anything.
 * ``logs`` returns the last ``tail`` lines *of each replica*, prefixed
@@ -43,7 +45,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -54,7 +58,8 @@ import httpx
 
 from modserv_shim.errors import BackendUnavailable, NotFound, PermanentStepError, StateConflict, ValidationFailed
 from modserv_shim.kit.shimlet import Event, ShimletBase, WatchHub
-from modserv_shim.plugins import DeployContext, PluginContext, ResourcePhase, ResourceStatus
+from modserv_shim.modelinfo.accelerators import read_host_memory
+from modserv_shim.plugins import Capacity, DeployContext, HostCapacity, PluginContext, ResourcePhase, ResourceStatus
 from modserv_shim.shimlets.local import logfiles, ports, procfs
 from modserv_shim.shimlets.local.options import LocalOptions
 from modserv_shim.shimlets.local.render import check_command, render
@@ -226,6 +231,13 @@ class LocalShimlet(ShimletBase):
 
     def watch(self) -> AsyncIterator[Event]:
         return self._hub.watch()
+
+    async def capacity(self) -> Capacity:
+        """This machine: the CPUs this process may run on, and its memory (``/proc/meminfo``, or the cgroup's
+        limit).  The local shimlet knows no accelerators."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        memory = (await asyncio.to_thread(read_host_memory)).total_bytes
+        return Capacity((HostCapacity(socket.gethostname(), float(cpus), memory or None),))
 
     def render(self, ctx: DeployContext) -> dict[str, Any]:
         """What ``create`` would start (for ``dryRun``): see :mod:`.render`."""
