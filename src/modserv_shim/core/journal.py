@@ -32,29 +32,23 @@ async def follow(store: Store, after: int, service_id: str | None = None, *,
     they are committed; an empty batch after ``keepalive`` seconds without one.
 
     A service's stream ends after its ``terminated`` state change (at once when that is at or before
-    ``after``, or when the service is unknown); the stream of all services ends when the server stops.
+    ``after``, or when the service is unknown); the stream of all services ends when the server stops
+    (:meth:`Changes.stop <modserv_shim.core.store.changes.Changes.stop>`).
     """
     changes = store.changes
     loop = asyncio.get_running_loop()
     keepalive = KEEPALIVE if keepalive is None else keepalive
+    if service_id is not None:
+        rec = await store.get_service(service_id)  # committed state: its journal row is committed with it
+        if rec is None or rec.state is State.TERMINATED:
+            async for rows in _until_end(store, after, service_id):
+                yield rows
+            return
     quiet_since = loop.time()
-    checked_end = service_id is None
     while not changes.stopped:
         woken = changes.waiter()  # before the read: a commit after the read still wakes us
         rows = await store.read_journal(after, service_id)
-        if not rows and not checked_end:
-            # A service terminated before ``after``: nothing more will come.  Its state and its journal row
-            # are written in one transaction, so read once more after seeing the state.
-            checked_end = True
-            assert service_id is not None
-            rec = await store.get_service(service_id)
-            if rec is None or rec.state is State.TERMINATED:
-                rows = await store.read_journal(after, service_id)
-                if rows:
-                    yield _upto_end(rows)
-                return
         if rows:
-            checked_end = True
             rows = _upto_end(rows) if service_id is not None else rows
             after = rows[-1].id
             yield rows
@@ -68,6 +62,18 @@ async def follow(store: Store, after: int, service_id: str | None = None, *,
             quiet_since = loop.time()
             continue
         await asyncio.wait([woken], timeout=min(remaining, POLL))
+
+
+async def _until_end(store: Store, after: int, service_id: str) -> AsyncIterator[list[JournalEntry]]:
+    """The rest of a terminated service's stream: its rows above ``after`` up to its ``terminated`` state
+    change (nothing when that is at or before ``after``; rows written after it are not part of it)."""
+    end = await store.journal_end(service_id)
+    while end is not None and after < end:
+        rows = [r for r in await store.read_journal(after, service_id) if r.id <= end]
+        if not rows:
+            return
+        yield rows
+        after = rows[-1].id
 
 
 def _upto_end(rows: list[JournalEntry]) -> list[JournalEntry]:

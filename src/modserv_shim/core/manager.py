@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from modserv_shim.allowlist import RequestPolicy
+from modserv_shim.core import journal
 from modserv_shim.core.admission import Admission
 from modserv_shim.core.capacity import CapacityMonitor
 from modserv_shim.core.clock import Clock, SystemClock
@@ -33,7 +34,7 @@ from modserv_shim.core.metrics import Metrics
 from modserv_shim.core.metrics_store import rebuild_metrics
 from modserv_shim.core.pipeline_tasks import PipelineTasks
 from modserv_shim.core.plugin_service import PluginService
-from modserv_shim.core.records import Event, ServiceRecord, StepLog, StepRun, now
+from modserv_shim.core.records import Event, JournalEntry, ServiceRecord, StepLog, StepRun, now
 from modserv_shim.core.registry import Registry
 from modserv_shim.core.states import SYSTEM, ServiceStates
 from modserv_shim.core.store import IdempotencyKey, Store
@@ -172,6 +173,7 @@ class ServiceManager:
         """Answer every pending ``waitFor`` now (the server is stopping).  Safe from a signal handler
         or another thread."""
         self.waiters.stop_waiting()
+        self.store.changes.stop()  # the event streams end too
 
     async def close(self) -> None:
         """Stop our own tasks; workloads keep running (they survive a restart)."""
@@ -226,6 +228,23 @@ class ServiceManager:
     async def events(self, service_id: str) -> list[Event]:
         rec = await self.get(service_id)
         return await self.store.list_events(rec.id)
+
+    async def recent_events(self, limit: int) -> list[Event]:
+        """The last ``limit`` state changes of all services, oldest first."""
+        return await self.store.recent_events(limit)
+
+    async def journal_head(self) -> int:
+        """The id of the newest journal row: a stream of all services "from now" starts after it."""
+        return await self.store.journal_head()
+
+    def follow_journal(self, after: int, service_id: str | None = None) -> AsyncIterator[list[JournalEntry]]:
+        """The journal rows above ``after`` as they are committed (:func:`modserv_shim.core.journal.follow`)."""
+        return journal.follow(self.store, after, service_id)
+
+    def private_of(self, service_id: str) -> tuple[str, ...]:
+        """What a live service keeps private now (masked in what is shown of it)."""
+        rec = self.states.find(service_id)
+        return private_values(rec.outputs) if rec is not None else ()
 
     async def check_ready(self) -> None:
         """Raise :class:`BackendUnavailable` unless the store answers."""

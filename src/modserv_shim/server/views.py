@@ -6,6 +6,7 @@ shape, and the OpenAPI document shows the same types as the response bodies.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any, NotRequired
 
@@ -13,7 +14,7 @@ from typing_extensions import TypedDict
 
 from modserv_shim.core.lifecycle import State
 from modserv_shim.core.manager import DryRunResult
-from modserv_shim.core.records import Event, RunStatus, ServiceRecord, StepLog, StepRun
+from modserv_shim.core.records import Event, JournalEntry, JournalKind, RunStatus, ServiceRecord, StepLog, StepRun
 from modserv_shim.plugins import API_KEY_OUTPUT, StepSpec
 from modserv_shim.private import mask_private, private_values
 from modserv_shim.spec import redact
@@ -26,6 +27,14 @@ class Health(TypedDict):
 
 class Ready(TypedDict):
     status: str
+
+
+class WhoAmI(TypedDict):
+    """The caller as the server sees it (the web dashboard shows or hides buttons by ``role``)."""
+
+    name: str
+    role: str
+    groups: list[str]
 
 
 class Replicas(TypedDict):
@@ -291,3 +300,52 @@ def dry_run(res: DryRunResult) -> DryRunView:
         "logs": [log_line(x) for x in res.logs],
         "rendered": mask_private(redact(res.outputs), private_values(res.outputs)),
     }
+
+
+# ------------------------------------------------------------------------------------ event streams
+# ``GET /api/v1/events`` (JSON) and the Server-Sent Events of both event routes: the views above with
+# the service's id.
+
+ServiceEventView = TypedDict("ServiceEventView", {"serviceId": str, "ts": str, "from": str | None, "to": str,
+                                                  "reason": str | None, "operator": str})
+
+
+class ServiceRunView(RunView):
+    serviceId: str
+
+
+class ServiceLogLineView(LogLineView):
+    serviceId: str
+
+
+class ReplicaView(TypedDict):
+    serviceId: str
+    ts: str
+    ready: int
+    desired: int
+
+
+def service_event(e: Event) -> ServiceEventView:
+    return {"serviceId": e.service_id, **event(e)}
+
+
+def _record(cls: type[Any], service_id: str, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(service_id=service_id, **{k: v for k, v in data.items() if k in names and k != "service_id"})
+
+
+def journal_entry(e: JournalEntry, private: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A journal row as the data of its Server-Sent Event (``event:`` is ``e.kind``); ``private``: the
+    service's private strings (already masked where the row was written; masked again here)."""
+    view: ServiceEventView | ServiceRunView | ServiceLogLineView | ReplicaView
+    if e.kind == JournalKind.STATE:
+        view = service_event(_record(Event, e.service_id, e.data))
+    elif e.kind == JournalKind.STEP:
+        view = {"serviceId": e.service_id, **run(_record(StepRun, e.service_id, e.data))}
+    elif e.kind == JournalKind.LOG:
+        view = {"serviceId": e.service_id, **log_line(_record(StepLog, e.service_id, e.data))}
+    else:
+        view = {"serviceId": e.service_id, "ts": iso(e.ts), "ready": int(e.data.get("ready", 0)),
+                "desired": int(e.data.get("desired", 0))}
+    shown: dict[str, Any] = mask_private(dict(view), private)
+    return shown

@@ -453,6 +453,20 @@ class Store:
         return await self.backend.read_bulk(
             lambda conn: [JournalEntry(**dict(r)) for r in conn.execute(q).mappings().all()])
 
+    async def journal_end(self, service_id: str) -> int | None:
+        """The id of the service's ``terminated`` state entry (None when it has none)."""
+        q = (select(t.journal.c.id, t.journal.c.data)
+             .where((t.journal.c.service_id == service_id) & (t.journal.c.kind == JournalKind.STATE))
+             .order_by(t.journal.c.id.desc()))
+
+        def op(conn: Connection) -> int | None:
+            for row_id, data in conn.execute(q):  # a service has a few dozen state changes
+                if data.get("to_state") == State.TERMINATED.value:
+                    return int(row_id)
+            return None
+
+        return await self.backend.read_bulk(op)
+
     async def journal_head(self) -> int:
         """The newest journal id (0 when the journal is empty)."""
         q = select(func.max(t.journal.c.id))

@@ -1,18 +1,18 @@
-"""Services: deploy, list, read (with the ``waitFor`` long poll), pipeline, logs, events, delete,
-scale, retry."""
+"""Services: deploy, list, read (with the ``waitFor`` long poll), pipeline, logs, events (JSON, or
+Server-Sent Events: ``event_stream``), delete, scale, retry."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import Body, Header, Query
+from fastapi import Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modserv_shim.core.lifecycle import State
 from modserv_shim.errors import ValidationFailed
-from modserv_shim.server import envelope, views
+from modserv_shim.server import envelope, event_stream, views
 from modserv_shim.server.auth import Role, require
 from modserv_shim.server.deps import API, AUTH, BODY, Manager, Who
 from modserv_shim.server.envelope import Envelope, responses
@@ -127,11 +127,41 @@ async def get_pipeline_logs(
     })
 
 
+AfterQuery = Annotated[int | None, Query(
+    ge=0, le=event_stream.MAX_ID,
+    description="Server-Sent Events only: start after this event id (the `Last-Event-ID` header wins).")]
+LastEventId = Annotated[str | None, Header(
+    alias="Last-Event-ID", max_length=40,
+    description="Server-Sent Events only: the last event id the client has; the stream sends what follows.")]
+
+
 @routes.get(f"{API}/modserv/{{service_id}}/events", tags=["services"], response_model=Envelope[list[views.EventView]],
-            responses=responses(*AUTH, 404))
-async def get_events(service_id: str, who: Who, manager: Manager) -> JSONResponse:
+            responses={200: event_stream.STREAM_DOC, **responses(*AUTH, 404, 422)})
+async def get_events(service_id: str, request: Request, who: Who, manager: Manager, after: AfterQuery = None,
+                     last_event_id: LastEventId = None) -> Response:
+    """Every state change of the service.  With `Accept: text/event-stream`: its whole history (or what
+    follows `Last-Event-ID` / `after`) as Server-Sent Events, then what happens, until it is terminated."""
     require(who, Role.VIEWER, "reading events")
+    if event_stream.wants_stream(request):
+        rec = await manager.get(service_id)
+        return event_stream.response(manager, event_stream.start_after(last_event_id, after) or 0, rec.id)
     return envelope.ok([views.event(e) for e in await manager.events(service_id)])
+
+
+@routes.get(f"{API}/events", tags=["services"], response_model=Envelope[list[views.ServiceEventView]],
+            responses={200: event_stream.STREAM_DOC, **responses(*AUTH, 422)})
+async def get_all_events(
+    request: Request, who: Who, manager: Manager,
+    limit: Annotated[int, Query(ge=1, le=10000, description="JSON only: the last this many state changes.")] = 1000,
+    after: AfterQuery = None, last_event_id: LastEventId = None,
+) -> Response:
+    """The state changes of all services, newest last.  With `Accept: text/event-stream`: what happens from
+    now on (or after `Last-Event-ID` / `after`) to any service, as Server-Sent Events."""
+    require(who, Role.VIEWER, "reading events")
+    if event_stream.wants_stream(request):
+        start = event_stream.start_after(last_event_id, after)
+        return event_stream.response(manager, start if start is not None else await manager.journal_head(), None)
+    return envelope.ok([views.service_event(e) for e in await manager.recent_events(limit)])
 
 
 @routes.get(f"{API}/modserv/{{service_id}}/logs", tags=["services"], response_model=Envelope[views.RuntimeLogsView],
