@@ -137,6 +137,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", f"{API}/modserv/{{service_id}}/pipeline"): Row(R_VIEW, 200, on_service("/pipeline")),
     ("GET", f"{API}/modserv/{{service_id}}/pipeline/logs"): Row(R_VIEW, 200, on_service("/pipeline/logs")),
     ("GET", f"{API}/modserv/{{service_id}}/events"): Row(R_VIEW, 200, on_service("/events")),
+    ("GET", f"{API}/events"): Row(R_VIEW, 200),
     ("GET", f"{API}/modserv/{{service_id}}/logs"): Row(R_VIEW, 200, on_service("/logs")),
     ("GET", f"{API}/plugins"): Row(R_VIEW, 200),
     # operator: deploys, deletes, scales, retries
