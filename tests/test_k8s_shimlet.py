@@ -143,7 +143,7 @@ def test_plugin_surface(tmp_path: Path) -> None:
     assert shimlet.name == "k8s"
     assert launch_target(shimlet) == "container"
     assert set(shimlet_capabilities(shimlet)) == {"scale", "logs", "watch", "render", "inspect-model", "probe",
-                                                  "shared-model-volume", "volume-task"}
+                                                  "shared-model-volume", "volume-task", "capacity"}
 
 
 # -- lifecycle on the simulated cluster -----------------------------------------------------------------------------

@@ -200,7 +200,7 @@ class TestLocalShimletContract(ShimletContract):
 async def test_capabilities_and_resource_id(make_shimlet: MakeShimlet) -> None:
     shimlet = await make_shimlet()
     assert shimlet.name == "local"
-    assert shimlet_capabilities(shimlet) == ["scale", "logs", "watch", "render"]
+    assert shimlet_capabilities(shimlet) == ["scale", "logs", "watch", "render", "capacity"]
     assert launch_target(shimlet) == "local"
     assert await shimlet.create(fake_context("svc-a")) == "svc-a"
 
