@@ -109,6 +109,10 @@ async def deploy(_: Ctx) -> dict[str, Any]:
     return {"url": "/api/v1/modserv/deploy", "json": DEPLOY}
 
 
+async def ui_asset(_: Ctx) -> dict[str, Any]:
+    return {"url": "/ui/app.js"}
+
+
 async def plugin_load(ctx: Ctx) -> dict[str, Any]:
     return {"url": "/api/v1/plugins/load",
             "json": {"kind": "shimlet", "name": f"matrix-{next(ctx.n)}", "file": "fake_shimlet.py",
@@ -130,6 +134,9 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("HEAD", "/docs/oauth2-redirect"): Row(None, 200, envelope=False),
     ("GET", "/redoc"): Row(None, 200, envelope=False),
     ("HEAD", "/redoc"): Row(None, 200, envelope=False),
+    # the web dashboard's static files (its API calls carry the token)
+    ("GET", "/ui"): Row(None, 200, envelope=False),
+    ("GET", "/ui/{asset}"): Row(None, 200, ui_asset, envelope=False),
     # viewer: reads
     ("GET", "/metrics"): Row(R_VIEW, 200, envelope=False),
     ("GET", f"{API}/modserv"): Row(R_VIEW, 200),
@@ -140,6 +147,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", f"{API}/events"): Row(R_VIEW, 200),
     ("GET", f"{API}/modserv/{{service_id}}/logs"): Row(R_VIEW, 200, on_service("/logs")),
     ("GET", f"{API}/plugins"): Row(R_VIEW, 200),
+    ("GET", f"{API}/whoami"): Row(R_VIEW, 200),
     # operator: deploys, deletes, scales, retries
     ("POST", f"{API}/modserv/deploy"): Row(R_OPER, 202, deploy),
     ("DELETE", f"{API}/modserv/{{service_id}}"): Row(R_OPER, 200, fresh_running_service),
@@ -205,7 +213,7 @@ async def test_every_route_answers_every_caller_as_documented(start_server, tmp_
                                 f" {sorted(want)}")
             if row.role is None and {"401", "403"} & set(op["responses"]):
                 failures.append(f"{method} {path}: needs no token but OpenAPI documents 401/403")
-        elif path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
+        elif path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui", "/ui/{asset}"):
             failures.append(f"{method} {path}: not in the OpenAPI document")
     assert not failures, "\n".join(failures)
 

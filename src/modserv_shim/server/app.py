@@ -1,5 +1,5 @@
 """The FastAPI application: wiring of the envelope, the body limit and the route tables
-(``routes/``: system, services, plugins)."""
+(``routes/``: system, services, plugins, ui)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from modserv_shim.server.auth import TokenTable
 from modserv_shim.server.deps import AppState
 from modserv_shim.server.http_metrics import HttpMetrics
 from modserv_shim.server.limits import BodyLimit
-from modserv_shim.server.routes import plugins, services, system
+from modserv_shim.server.routes import plugins, services, system, ui
 
 ERROR_CODES_DOC = "\n".join(f"| {e.code} | {e.http_status} | {e.__name__} |" for e in ERROR_TABLE)
 
@@ -61,6 +61,6 @@ def create_app(
     envelope.tidy_openapi(app)
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     app.add_middleware(HttpMetrics, metrics=manager.metrics)  # outermost: it sees the body limit's 413s too
-    for table in (system.routes, services.routes, plugins.routes):
+    for table in (system.routes, services.routes, plugins.routes, ui.routes):
         table.add_to(app)
     return app

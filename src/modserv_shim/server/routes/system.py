@@ -1,4 +1,4 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, Prometheus metrics and who the caller is."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from modserv_shim import __version__
 from modserv_shim.server import envelope, views
 from modserv_shim.server.auth import Role, require
-from modserv_shim.server.deps import AUTH, BASE, Manager, Who
+from modserv_shim.server.deps import API, AUTH, BASE, Manager, Who
 from modserv_shim.server.envelope import Envelope, responses
 from modserv_shim.server.routes import Routes
 
@@ -31,3 +31,10 @@ async def readyz(manager: Manager) -> JSONResponse:
 async def metrics(who: Who, manager: Manager) -> Response:
     require(who, Role.VIEWER, "reading metrics")
     return Response(manager.render_metrics(), media_type="text/plain; version=0.0.4")
+
+
+@routes.get(f"{API}/whoami", tags=["auth"], response_model=Envelope[views.WhoAmI], responses=responses(*AUTH))
+async def whoami(who: Who) -> JSONResponse:
+    """The caller's name, role and groups (anonymous admin on a server without tokens)."""
+    require(who, Role.VIEWER, "asking who you are")
+    return envelope.ok({"name": who.name, "role": who.role.name.lower(), "groups": sorted(who.groups)})
