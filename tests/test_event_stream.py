@@ -204,7 +204,8 @@ async def test_retries_show_as_the_failed_end_a_log_line_and_the_next_start(star
     ], seen
     failed = [m.data for m in deploy_msgs if m.event == "step" and m.data["status"] == "failed"]
     assert all(f["error"].startswith("simulated temporary failure") and f["durationMs"] >= 0 for f in failed)
-    assert next(m for m in deploy_msgs if m.event == "log" and "retrying" in m.data["message"]).data["level"] == "warning"
+    note = next(m for m in deploy_msgs if m.event == "log" and "retrying" in m.data["message"])
+    assert note.data["level"] == "warning"
 
 
 async def test_the_stream_of_all_services_and_its_json_form(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -272,7 +273,8 @@ class PrivateFakePipeline(FakePipeline):
     async def run_step(self, step: StepSpec, ctx: StepContext) -> None:
         if step.name == "prepare":
             ctx.set_output(PRIVATE_OUTPUT, ["/vault/models/secret-model"])
-            ctx.log("fetched /vault/models/secret-model", api_token="tok-0123456789", where="/vault/models/secret-model")
+            ctx.log("fetched /vault/models/secret-model", api_token="tok-0123456789",
+                    where="/vault/models/secret-model")
             ctx.set_params(api_token="tok-0123456789")
         await super().run_step(step, ctx)
 

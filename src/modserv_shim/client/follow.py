@@ -326,7 +326,9 @@ def _from_sse(ev: SseEvent, cur: Cursor) -> list[Update]:
         return []
     if isinstance(update, StepUpdate):
         key = (update.step, update.attempt, update.started)
-        if cur.runs.get(key) == update.status:
+        seen = cur.runs.get(key)
+        # A stream sends an attempt's start (running) and its end: both are old news once it has ended.
+        if seen == update.status or (seen is not None and seen != "running"):
             return []
         cur.runs[key] = update.status
     return [update]
