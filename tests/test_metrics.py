@@ -366,3 +366,58 @@ async def test_k8s_capacity_from_nodes_and_used_ratios_survive_a_restart(tmp_pat
             assert m.value("modserv_deploy_time_to_running_seconds_count", **k8s) == 0
         finally:
             await live.stop(delete_services=True)
+
+
+# -- how the shimlets read capacity (pure functions) -----------------------------------------------------------------
+
+
+def test_docker_gpu_count_label_under_the_one_product() -> None:
+    from modserv_shim.shimlets.docker.placement import host_gpus
+
+    product, count = "org.modserv-shim.gpu.product", "org.modserv-shim.gpu.count"
+    assert host_gpus({"Labels": [f"{product}=NVIDIA H20", f"{count}=8"]}) == {"NVIDIA H20": 8}
+    assert host_gpus({"Labels": [f"{count}=2"]}) == {"nvidia.com/gpu": 2}
+    assert host_gpus({"Labels": [f"{product}=NVIDIA H20,NVIDIA L4", f"{count}=8"]}) == {}  # the split is unknown
+    assert host_gpus({"Labels": [f"{product}=NVIDIA H20", f"{count}=many"]}) == {}
+    assert host_gpus({"Labels": None}) == {}
+
+
+def test_k8s_node_capacity_counts_ready_schedulable_nodes_and_names_gpus_as_deploys_do() -> None:
+    from modserv_shim.shimlets.k8s.nodes import node_capacity
+    from modserv_shim.shimlets.k8s.options import K8sOptions
+
+    options = K8sOptions.parse({"accelerator_labels": {"NVIDIA H20 141GB": "H20-141"}})
+
+    def node(name: str, ready: str = "True", **status: Any) -> dict[str, Any]:
+        labels = status.pop("labels", {})
+        return {"metadata": {"name": name, "labels": labels}, "spec": status.pop("spec", {}),
+                "status": {"allocatable": status, "conditions": [{"type": "Ready", "status": ready}]}}
+
+    big = node_capacity(node("a", cpu="3920m", memory="16332100Ki", **{"nvidia.com/gpu": "2"},
+                             labels={"nvidia.com/gpu.product": "H20-141"}), options)
+    assert big == HostCapacity("a", 3.92, 16332100 * 1024, {"NVIDIA H20 141GB": 2})
+    unlabelled = node_capacity(node("b", cpu="4", memory="8Gi", **{"nvidia.com/gpu": "1"}), options)
+    assert unlabelled is not None and unlabelled.accelerators == {"nvidia.com/gpu": 1}
+    assert node_capacity(node("c", ready="False", cpu="4"), options) is None
+    assert node_capacity(node("d", cpu="4", spec={"unschedulable": True}), options) is None
+    odd = node_capacity(node("e", cpu="lots", memory="1.5e9"), options)
+    assert odd == HostCapacity("e", None, None, {})
+
+
+def test_requested_resources_of_a_record() -> None:
+    from modserv_shim.core.lifecycle import State
+    from modserv_shim.core.metrics import accelerator_type_label, requested
+    from modserv_shim.core.records import ServiceRecord
+
+    def rec(rr: dict[str, Any], replicas: int) -> ServiceRecord:
+        return ServiceRecord(id="x", model_name="x", spec={"resourceRequirements": rr, "replicaCount": replicas},
+                             shimlet="s", pipeline="p", state=State.RUNNING, total_steps=[], current_step=0,
+                             replicas_desired=replicas)
+
+    got = requested(rec({"acceleratorType": "NVIDIA_H20", "acceleratorCount": 2, "cpu": "250m", "memory": "512Mi"}, 3))
+    assert got.accelerator_type == "NVIDIA H20" and got.accelerators == 6
+    assert got.cpu_cores == pytest.approx(0.75) and got.memory_bytes == 3 * 512 * 2**20
+    cpu_only = requested(rec({}, 2))
+    assert (cpu_only.accelerator_type, cpu_only.accelerators, cpu_only.cpu_cores, cpu_only.memory_bytes) == \
+        ("none", 0, 0.0, 0)
+    assert accelerator_type_label(" NVIDIA-H20 ") == "NVIDIA H20"
