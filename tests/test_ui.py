@@ -177,25 +177,26 @@ async def test_deploy_smollm2_through_the_form_and_follow_it_live(local_live: Li
     pipeline_log = page.locator("#pipeline-log-lines")
     await pipeline_log.filter(has_text="a one-token completion answered").wait_for()
     assert "it fits" in await pipeline_log.inner_text()
-    await page.get_by_text("Runtime log", exact=False).first.click()
-    runtime_log = page.locator("#runtime-log-lines")
-    await runtime_log.filter(has_text=re.compile(r"\[replica 0\]")).wait_for()
     path = await shot(page, "03-running")
     if os.environ.get("MODSERV_UPDATE_SCREENSHOT"):  # refresh the README's picture
         shutil.copy(path, REPO / "docs" / "img" / "dashboard.png")
+    await page.get_by_text("Runtime log", exact=False).first.click()
+    runtime_log = page.locator("#runtime-log-lines")
+    await runtime_log.filter(has_text=re.compile(r"\[replica 0\]")).wait_for()
+    await shot(page, "04-runtime-log")
 
     await page.get_by_label("Replicas").fill("2")
     await page.get_by_role("button", name="Scale").click()
     await page.locator("#replicas").filter(has_text="2 of 2 ready").wait_for(timeout=120_000)
     assert "scaling to 2 replicas" in await page.locator("#action-result").inner_text()
-    await shot(page, "04-scaled")
+    await shot(page, "05-scaled")
 
     page.once("dialog", lambda d: d.accept())
     await page.get_by_role("button", name="Delete").click()
     await page.locator('#stepper li.end[data-state="terminated"]').wait_for(timeout=60_000)
     assert await page.get_by_role("button", name="Delete").is_disabled()
     assert await page.evaluate("() => window.__sameDocument") == "yes", "the page was reloaded"
-    await shot(page, "05-deleted")
+    await shot(page, "06-deleted")
 
     await page.get_by_role("link", name="Services", exact=True).click()
     await page.get_by_label("Hide deleted services").uncheck()
@@ -231,7 +232,7 @@ async def test_a_failed_deploy_shows_the_failed_step_in_red_with_its_reason(loca
         assert await page.locator(f'#stepper li[data-state="{later}"]').get_attribute("data-status") == "pending"
     assert await page.get_by_role("button", name="Retry from the failed step").is_enabled()
     assert await page.get_by_role("button", name="Scale").is_disabled()
-    await shot(page, "06-failed")
+    await shot(page, "07-failed")
 
     # a request the API refuses outright: the field's problem next to it, nothing deployed
     await page.goto(f"{live.url}/ui#/deploy")
@@ -276,7 +277,7 @@ async def test_it_asks_for_a_token_keeps_it_in_the_tab_and_hides_buttons_for_a_v
     assert "need the operator role" in await page.locator("#read-only").inner_text()
     for name in ("Scale", "Delete", "Retry from the failed step"):
         assert await page.get_by_role("button", name=name).count() == 0, name
-    await shot(page, "07-viewer")
+    await shot(page, "08-viewer")
     await page.goto(f"{live.url}/ui#/deploy")
     await page.locator("#read-only").wait_for()
     assert await page.locator("#deploy-form").count() == 0
