@@ -203,6 +203,8 @@ async def test_deploy_smollm2_through_the_form_and_follow_it_live(local_live: Li
     row = page.locator(f'#services tr[data-service="{sid}"]')
     assert await row.get_attribute("data-state") == "terminated"
     assert "Deleted" in await row.inner_text() and "local" in await row.inner_text()
+    if await streams(live, sid):
+        await page.locator("#list-live").filter(has_text="event stream").wait_for()
     assert not errors, errors
 
 
@@ -312,3 +314,35 @@ async def test_the_token_is_sent_as_a_bearer_header_only(start_server, tmp_path:
     assert all(a is None for u, a in seen if "/ui" in u), "the static files are fetched without the token"
     async with httpx.AsyncClient() as c:  # and the page itself is the same for everyone
         assert (await c.get(f"{live.url}/ui")).status_code == 200
+
+
+async def test_a_server_without_the_event_stream_is_followed_by_polling(start_server, browser: Any) -> None:  # type: ignore[no-untyped-def]
+    """An older server answers the events routes with JSON only: the page asks the JSON routes every second.
+
+    The real server is asked with ``Accept: application/json`` (what such a server answers); a delete from
+    another client shows without a reload."""
+    live: Live = await start_server()
+    errors: list[str] = []
+    page = await new_page(browser, live, errors)
+
+    async def as_json(route: Any) -> None:
+        await route.fallback(headers={**route.request.headers, "accept": "application/json"})
+
+    await page.route(re.compile(r"/api/v1/(modserv/[^/]+/)?events$"), as_json)
+    await page.goto(f"{live.url}/ui#/deploy")
+    await page.get_by_label("Model name").fill("polled")
+    await page.get_by_label("Model file or folder").fill("/models/llama-3-8b")
+    await page.get_by_role("button", name="Deploy", exact=True).click()
+    await page.wait_for_url(re.compile(r"#/service/polled-"))
+    sid = page.url.split("#/service/", 1)[1]
+    await page.locator('#stepper li[data-state="running"][data-status="current"]').wait_for()
+    assert "every second" in await page.locator("#live-mode").inner_text()
+    await page.evaluate("() => { window.__sameDocument = 'yes'; }")
+    await live.call("DELETE", f"/api/v1/modserv/{sid}", expect=200)  # another client
+    await page.locator('#stepper li.end[data-state="terminated"]').wait_for()
+    assert await page.evaluate("() => window.__sameDocument") == "yes"
+
+    await page.get_by_role("link", name="Services", exact=True).click()
+    await page.locator("#services").wait_for()
+    await page.locator("#list-live").filter(has_text="read every 2 seconds").wait_for()
+    assert not errors, errors

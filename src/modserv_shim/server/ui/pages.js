@@ -9,7 +9,7 @@ import { follow } from './stream.js';
 export async function listPage(main, app, signal) {
   const hide = h('input', { type: 'checkbox', id: 'hide-deleted', checked: true });
   const body = h('tbody');
-  const note = h('p', { class: 'hint', 'aria-live': 'polite' });
+  const note = h('p', { class: 'hint', id: 'list-live', 'aria-live': 'polite' });
   const table = h('table', { class: 'grid', id: 'services' },
     h('thead', {}, h('tr', {}, ['Model', 'State', 'Shimlet', 'Pipeline', 'Replicas', 'Age', 'Endpoint']
       .map((c) => h('th', { scope: 'col' }, c)))), body);
