@@ -282,7 +282,8 @@ class PrivateFakePipeline(FakePipeline):
 async def test_secrets_and_private_values_stay_masked(start_server) -> None:  # type: ignore[no-untyped-def]
     live: Live = await start_server()
     live.server.manager.registry.register("pipeline", "fake-private", PrivateFakePipeline, "test-double")
-    body = {**DEPLOY, "pipeline": "fake-private", "env": {"FAKE_PERMANENT_DEPLOY": "cannot read /vault/models/secret-model"}}
+    body = {**DEPLOY, "pipeline": "fake-private",
+            "env": {"FAKE_PERMANENT_DEPLOY": "cannot read /vault/models/secret-model"}}
     sid = (await live.call("POST", "/api/v1/modserv/deploy", json=body, expect=202))["data"]["serviceId"]
     url = f"/api/v1/modserv/{sid}/events"
     read = await read_stream(live.client, url, until=reached("failed"))

@@ -61,7 +61,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         from sqlalchemy import Connection, text
 
         def wipe(conn: Connection) -> None:
-            for table in ("services", "step_runs", "step_logs", "events", "plugins"):
+            for table in ("services", "step_runs", "step_logs", "events", "plugins", "journal"):
                 conn.execute(text(f"DELETE FROM {table}"))
 
         await s.write(wipe)
@@ -281,3 +281,141 @@ async def test_in_memory_sqlite_keeps_every_transaction_whole() -> None:
 
 def test_password_hidden_in_url() -> None:
     assert Store("postgresql+asyncpg://u:hunter2@db/x").safe_url == "postgresql+asyncpg://u:***@db/x"
+
+
+# ------------------------------------------------------------------------------------------ journal
+
+
+async def test_journal_records_every_change_in_commit_order(store: Store) -> None:
+    """What the event streams send: each state change, attempt start and end, log line and replica count
+    change, written with what it reports (write-behind ones when they land), ids increasing."""
+    head = await store.journal_head()
+    rec = svc()
+    await store.insert_service(rec)
+    rec.state = State.PIPELINE_RUNNING
+    await store.save_transition(rec, Event("m-1", time.time(), "initializing", "pipeline_running", None, "o"),
+                                durable=False)
+    long = StepRun("m-1", "a", 1, RunStatus.RUNNING, time.time(), "o", {"timeout": 5})
+    await store.add_step_run(long)  # a long step: its row while it runs
+    await store.add_step_logs([StepLog("m-1", "a", 1, time.time(), "info", "working")])
+    long.status, long.finished_at, long.duration_ms, long.error = RunStatus.FAILED, time.time(), 3.5, "boom"
+    await store.finish_step_run(long, [StepLog("m-1", "a", 1, time.time(), "warning", "last words")])
+    quick = StepRun("m-1", "a", 2, RunStatus.SUCCEEDED, time.time(), "o", finished_at=time.time(), duration_ms=1.0)
+    await store.finish_step_run(quick, [StepLog("m-1", "a", 2, time.time(), "info", "done")],
+                                {"current_step": 1}, durable=False)  # a quick step: start, lines, end at once
+    rec.state = State.RUNNING
+    await store.save_transition(rec, Event("m-1", time.time(), "pipeline_running", "running", None, "o"),
+                                replicas_ready=2)
+    await store.update_service("m-1", replicas_ready=2)  # unchanged: no entry
+    await store.update_service("m-1", replicas_desired=3)
+    await store.add_event(Event("m-1", time.time(), "running", "running", "scaled to 3 replicas", "o"))
+    hung = StepRun("m-1", "b", 1, RunStatus.RUNNING, time.time(), "o")
+    await store.add_step_run(hung)
+    assert await store.interrupt_running_steps() == 1
+
+    rows = await store.read_journal(head)
+    assert [r.id for r in rows] == sorted({r.id for r in rows}) and rows[-1].id == await store.journal_head()
+    assert all(r.service_id == "m-1" for r in rows)
+    seen = [(r.kind, r.data.get("to_state") or r.data.get("status") or r.data.get("message") or r.data)
+            for r in rows]
+    assert seen == [
+        ("state", "initializing"), ("state", "pipeline_running"),
+        ("step", "running"), ("log", "working"), ("log", "last words"), ("step", "failed"),
+        ("step", "running"), ("log", "done"), ("step", "succeeded"),
+        ("state", "running"), ("replica", {"ready": 2, "desired": 2}), ("replica", {"ready": 2, "desired": 3}),
+        ("state", "running"), ("step", "running"), ("step", "interrupted"),
+    ], seen
+    failed = rows[5].data
+    assert failed["error"] == "boom" and failed["duration_ms"] == 3.5 and failed["params"] == {"timeout": 5}
+    assert rows[6].data["attempt"] == 2 and rows[6].data["finished_at"] is None and rows[6].ts == quick.started_at
+    assert rows[8].ts == quick.finished_at
+    assert [r.id for r in await store.read_journal(rows[3].id, "m-1", limit=2)] == [rows[4].id, rows[5].id]
+    assert await store.read_journal(head, "other") == []
+    assert await store.journal_end("m-1") is None
+    rec.state = State.TERMINATED
+    await store.save_transition(rec, Event("m-1", time.time(), "running", "terminated", None, "o"))
+    assert await store.journal_end("m-1") == await store.journal_head()
+
+
+async def test_journal_ids_follow_commit_order_with_two_writers(store: Store) -> None:
+    """Two stores on one database (two server processes) write at once while a reader tails the journal:
+    the reader, which only ever asks for ids above the last it saw, misses nothing (PostgreSQL: the
+    advisory lock; SQLite: one writer at a time)."""
+    import asyncio
+
+    other = Store(store.url)
+    await other.open()
+    head = await store.journal_head()
+    tailed: list[int] = []
+    done = asyncio.Event()
+
+    async def tail() -> None:
+        after = head
+        while True:
+            finished = done.is_set()
+            for row in await store.read_journal(after):
+                tailed.append(row.id)
+                after = row.id
+            if finished:
+                return
+            await asyncio.sleep(0)
+
+    async def write(s: Store, name: str) -> None:
+        await s.insert_service(svc(hash(name) % 1000 + 10))
+        for i in range(60):
+            await s.add_step_logs([StepLog(name, "a", 1, time.time(), "info", f"{name} {i}")])
+
+    try:
+        reader = asyncio.ensure_future(tail())
+        await asyncio.gather(write(store, "w1"), write(other, "w2"))
+        done.set()
+        await reader
+    finally:
+        await other.close()
+    every = [r.id for r in await store.read_journal(head, limit=100000)]
+    assert len(every) == 122 and tailed == every
+
+
+async def test_migration_0003_copies_the_history_and_goes_down(tmp_path: Path) -> None:
+    """A database of the previous version: the journal starts with the history already stored."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from modserv_shim.core.store import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+
+    def migrate(to: str, down: bool = False) -> None:
+        with engine.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, to)
+
+    migrate("0002")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (service_id, ts, from_state, to_state, reason, operator) VALUES"
+                          " ('s', 1.0, NULL, 'initializing', NULL, 'o'),"
+                          " ('s', 2.0, 'initializing', 'failed', 'no', 'o')"))
+        conn.execute(text("INSERT INTO step_runs (service_id, step, attempt, status, started_at, finished_at,"
+                          " duration_ms, error, operator, params) VALUES"
+                          " ('s', 'a', 1, 'failed', 1.1, 1.5, 400.0, 'bad', 'o', '{\"timeout\": 5}')"))
+        conn.execute(text("INSERT INTO step_logs (service_id, step, attempt, ts, level, message, fields) VALUES"
+                          " ('s', 'a', 1, 1.2, 'info', 'hello', '{}')"))
+    s = Store(url)
+    await s.open()
+    try:
+        rows = await s.read_journal(0, "s")
+        assert [(r.kind, r.ts) for r in rows] == [("state", 1.0), ("step", 1.1), ("log", 1.2), ("step", 1.5),
+                                                  ("state", 2.0)]
+        assert rows[1].data["status"] == "running" and rows[3].data["status"] == "failed"
+        assert rows[3].data["params"] == {"timeout": 5} and rows[4].data["reason"] == "no"
+    finally:
+        await s.close()
+    migrate("0002", down=True)
+    assert "journal" not in inspect(engine).get_table_names()
+    migrate("head")
+    assert "journal" in inspect(engine).get_table_names()
+    engine.dispose()

@@ -28,9 +28,10 @@ increase in commit order (a reader that has seen id N must never later find a ne
   (the write-behind batch too), so ids are assigned and committed in the same order;
 * SQLite has one writer at a time, also across processes, and the table uses AUTOINCREMENT, so an
   id is never reused even after rows are deleted;
-* on PostgreSQL two processes sharing a database could commit out of id order, so a transaction
-  takes a transaction-level advisory lock (``JOURNAL_LOCK``) before it inserts journal rows: the
-  next id is assigned only after the previous journal writer has committed.
+* on PostgreSQL two processes sharing a database could commit out of id order, so every write
+  transaction of the store begins by taking a transaction-level advisory lock (``JOURNAL_LOCK``):
+  the next id is assigned only after the previous writer has committed.  Taken first, before any
+  row lock, it cannot deadlock with them; within one process it is never contended.
 
 After each commit :attr:`Store.changes` wakes the streams, which then read the rows above their
 last id from the database (committed rows only: the database is the one source).
@@ -160,7 +161,7 @@ class Store:
         class does not have).  Writes land in the order they were asked for."""
         async with self._order:
             await self._drain()
-            result = await self.backend.write(fn)
+            result = await self.backend.write(functools.partial(_serialized, fn))
         self.changes.notify()
         return result
 
@@ -214,11 +215,11 @@ class Store:
         written costs only itself (logged and dropped: lost progress, the step runs again after a
         restart).  Never raises: the failure belongs to no caller."""
         try:
-            await self.backend.write(functools.partial(_run_all, batch))
+            await self.backend.write(functools.partial(_serialized, functools.partial(_run_all, batch)))
         except Exception:
             for fn in batch:
                 try:
-                    await self.backend.write(fn)
+                    await self.backend.write(functools.partial(_serialized, fn))
                 except Exception as exc:
                     log.error("a queued progress record could not be written; it is lost",
                               error=f"{type(exc).__name__}: {exc}")
@@ -491,13 +492,18 @@ def _run_all(batch: Sequence[Callable[[Connection], object]], conn: Connection) 
         fn(conn)
 
 
+def _serialized(fn: Callable[[Connection], T], conn: Connection) -> T:
+    """A write transaction: on PostgreSQL, first the advisory lock that keeps journal ids in commit order
+    across processes (held until the transaction ends; see the module)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_TAKE_JOURNAL_LOCK)
+    return fn(conn)
+
+
 def _journal(conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
     """Append journal rows, in this transaction (see the module: ids increase in commit order)."""
-    if not entries:
-        return
-    if conn.dialect.name == "postgresql":
-        conn.execute(_TAKE_JOURNAL_LOCK)  # held until this transaction ends
-    conn.execute(_INSERT_JOURNAL, list(entries))
+    if entries:
+        conn.execute(_INSERT_JOURNAL, list(entries))
 
 
 def _update_service(conn: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
