@@ -37,14 +37,6 @@ class WhoAmI(TypedDict):
     groups: list[str]
 
 
-class WhoAmI(TypedDict):
-    """The caller as the server sees it (the web dashboard shows or hides buttons by ``role``)."""
-
-    name: str
-    role: str
-    groups: list[str]
-
-
 class Replicas(TypedDict):
     ready: int
     desired: int
