@@ -166,6 +166,9 @@ async def test_disconnect_mid_deploy_and_reconnect_with_last_event_id(start_serv
 
     part1 = await read_stream(live.client, url, until=at_gate)
     assert not part1.closed and states(part1.messages) == LIFECYCLE[:3]
+    held = [(m.event, m.data.get("status") or m.data.get("message")) for m in part1.messages
+            if m.event in ("step", "log") and m.data["step"] == "deploy"]  # a long step: its start comes while it runs
+    assert held == [("step", "running"), ("log", "deploy attempt 1"), ("log", "waiting for the gate")], held
     # Disconnected: the deploy goes on (the gate opens, verify fails once and is retried, it runs).
     gate.touch()
     await live.wait_state(sid, "running")
