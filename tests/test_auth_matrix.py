@@ -275,8 +275,8 @@ async def test_openapi_documents_the_envelope_for_every_answer(start_server, tmp
                     if set(content) != {"text/plain"}:
                         failures.append(f"{where} 200: documented as {sorted(content)}, not text/plain")
                     continue
-                # the event routes answer JSON, or Server-Sent Events
-                streamed = content.pop("text/event-stream", {}) if path.endswith("/events") and status == "200" else None
+                events_200 = path.endswith("/events") and status == "200"  # JSON, or Server-Sent Events
+                streamed = content.pop("text/event-stream", {}) if events_200 else None
                 if streamed is not None and streamed.get("schema") != {"type": "string"}:
                     failures.append(f"{where} 200: text/event-stream is not documented")
                 ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
