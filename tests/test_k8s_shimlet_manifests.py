@@ -322,7 +322,8 @@ def deploy_objects() -> list[dict[str, Any]]:
 def test_deploy_manifests_pass_strict_schema_validation(version: str) -> None:
     objects = deploy_objects()
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim",
+    assert kinds == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+                     "ConfigMap", "PersistentVolumeClaim",
                      "Secret", "Deployment", "Service"}
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
