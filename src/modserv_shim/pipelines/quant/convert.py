@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -40,16 +39,16 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
 
 from modserv_shim.errors import PermanentStepError, StepError
 from modserv_shim.kit.files import publish
-from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, ModelInvalid, inspect_model
+from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, inspect_model
 from modserv_shim.modelinfo.facts import GIB, gib
 from modserv_shim.pipelines.opensourcellm import MODEL
+from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.types import AUTO, choose_auto, quantized_facts
 from modserv_shim.plugins import StepContext
@@ -67,14 +66,14 @@ MODULES: dict[str, str] = {  # module the converter imports -> the package that 
 }
 BASE_SECONDS = 120.0
 PROGRESS_SECONDS = 2.0
-LOCK_POLL_SECONDS = 0.2
-HASH_CHUNK = 64 * 2**20
 OUTPUT_LINES = 20
 DISK_MARGIN = 1.05
 DISK_SLACK_BYTES = 32 * 2**20  # the vocabulary and metadata: a few MiB for a 150k-token tokenizer
 TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+),\s+\S+ --> \w+, shape = ")
 KEPT_LINES = ("INFO:hf-to-gguf:Model architecture:", "WARNING:", "ERROR:")
 ERROR_LINE = re.compile(r"^(ERROR:\S+:|[\w.]*(Error|Exception|Interrupt): )")
+CONVERTING = Work(verb="convert", doing="converting", done="converted", another="conversion of the same folder",
+                  origin="was converted from the same files")
 
 # Run in the converter's interpreter (which need not have modserv_shim): die with the shim
 # (PR_SET_PDEATHSIG = 1, as quant/worker.py does), stop if it is gone already, then run the
@@ -203,8 +202,8 @@ async def convert_hf_folder(
     files = await asyncio.to_thread(source_files, folder)
     digest = await folder_digest(ctx, folder, files, cache, await asyncio.to_thread(converter_version, script))
     final = cache / f"hf-{digest}.{outtype}.gguf"
-    async with _locked(ctx, cache / f"hf-{digest}.{outtype}.lock") as lock_fd:
-        converted = await _cached(ctx, final, outtype, digest)
+    async with locked(ctx, cache / f"hf-{digest}.{outtype}.lock", CONVERTING) as lock_fd:
+        converted = await cached(ctx, final, outtype, digest, CONVERTING)
         if converted is None and ctx.dry_run:
             _dry_run(ctx, folder, final, digest, facts, outtype, kind, fit_check, record)
             return None
@@ -246,84 +245,12 @@ async def folder_digest(ctx: StepContext, folder: Path, files: Sequence[Path], c
     if not files:
         raise PermanentStepError(f"{folder} is empty: nothing to convert")
     total = sum([(await asyncio.to_thread(p.stat)).st_size for p in files])
-    progress = _HashProgress(ctx, folder, total)
-    entries = [[p.name, await _file_sha256(p, cache, progress)] for p in files]
-    if progress.done:
-        ctx.log(f"hashed {len(files)} files of {folder} ({gib(progress.done)})"
-                f" in {time.monotonic() - progress.t0:.1f} s")
+    hashing = Hashing(ctx, f"the files of {folder}", total, CONVERTING)
+    entries = [[p.name, await hashing.sha256(p, cache)] for p in files]
+    if hashing.done:
+        ctx.log(f"hashed {len(files)} files of {folder} ({gib(hashing.done)})"
+                f" in {time.monotonic() - hashing.t0:.1f} s")
     return hashlib.sha256(json.dumps({"converter": version, "files": entries}).encode()).hexdigest()
-
-
-class _HashProgress:
-    def __init__(self, ctx: StepContext, folder: Path, total: int) -> None:
-        self.ctx, self.folder, self.total = ctx, folder, total
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-
-    def add(self, n: int) -> None:
-        if not self.done:
-            self.ctx.log(f"hashing the files of {self.folder} ({gib(self.total)}) to name the converted file")
-        self.done += n
-        if time.monotonic() - self.last >= PROGRESS_SECONDS:
-            self.last = time.monotonic()
-            self.ctx.log(f"hashing: {gib(self.done)} of {gib(self.total)}, {self.last - self.t0:.0f} s")
-
-
-async def _file_sha256(path: Path, cache: Path, progress: _HashProgress) -> str:
-    """The file's SHA-256, remembered per path while its size, mtime and inode stay the same (the
-    memo the GGUF input uses, in ``<cache>/sources/``)."""
-    st = await asyncio.to_thread(path.stat)
-    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
-    memo = cache / "sources" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
-    with contextlib.suppress(OSError, ValueError):
-        known = json.loads(await asyncio.to_thread(memo.read_text))
-        if isinstance(known, dict) and {k: known.get(k) for k in stamp} == stamp:
-            return str(known["sha256"])
-    h = hashlib.sha256()
-    f = await asyncio.to_thread(open, path, "rb")
-    try:  # in pieces: a cancelled step stops between two
-        while piece := await asyncio.to_thread(_read_into, f, h):
-            progress.add(piece)
-    finally:
-        f.close()
-    digest = h.hexdigest()
-    await asyncio.to_thread(_write_atomically, memo, json.dumps({**stamp, "sha256": digest}))
-    return digest
-
-
-@contextlib.asynccontextmanager
-async def _locked(ctx: StepContext, path: Path) -> AsyncIterator[int]:
-    """An exclusive ``flock`` on ``path`` (its fd is handed to the converter, which holds it too)."""
-    fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    ctx.log(f"waiting for another conversion of the same folder ({path.name})")
-                    waited = True
-                await asyncio.sleep(LOCK_POLL_SECONDS)
-        yield fd
-    finally:
-        os.close(fd)  # releases the lock once the child (if any) is gone too
-
-
-async def _cached(ctx: StepContext, final: Path, outtype: str, digest: str) -> ModelFacts | None:
-    if not await asyncio.to_thread(final.exists):
-        return None
-    try:
-        facts = await asyncio.to_thread(inspect_model, final)
-    except ModelInvalid as exc:
-        ctx.log(f"the cached {final.name} is unreadable ({exc}); converting again", level="warning")
-        await asyncio.to_thread(final.unlink, missing_ok=True)
-        return None
-    size = (await asyncio.to_thread(final.stat)).st_size
-    ctx.log(f"cache hit: {final} ({outtype}, {gib(size)}) was converted from the same files"
-            f" (sha256 {digest[:12]}...): nothing to convert")
-    return facts
 
 
 @dataclass
@@ -419,15 +346,3 @@ def _size(path: Path) -> int:
     except OSError:
         return 0
 
-
-def _read_into(f: IO[bytes], h: Any) -> int:
-    piece = f.read(HASH_CHUNK)
-    h.update(piece)
-    return len(piece)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -27,28 +27,25 @@ The step's timeout grows with the input: 120 s + ``seconds_per_gib`` per GiB.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
 
 from modserv_shim.errors import PermanentStepError, StepError, ValidationFailed
 from modserv_shim.kit.files import publish
 from modserv_shim.kit.pipeline import step
-from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, ModelInvalid, check_fit, inspect_model
+from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, check_fit, inspect_model
 from modserv_shim.modelinfo.facts import GIB, gib
 from modserv_shim.modelinfo.gguf_layout import read_layout
 from modserv_shim.pipelines.opensourcellm import FIT, MODEL, MODEL_FILE, MODEL_VALIDATION, OpenSourceLLMPipeline
+from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked
 from modserv_shim.pipelines.quant.convert import convert_hf_folder
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.outputs import QUANTIZATION
@@ -70,9 +67,9 @@ from modserv_shim.spec import DeploySpec
 MODEL_QUANTIZATION = "model-quantization"
 BASE_SECONDS = 120.0
 PROGRESS_SECONDS = 2.0
-LOCK_POLL_SECONDS = 0.2
-HASH_CHUNK = 64 * 2**20
 STDERR_LINES = 20
+QUANTIZING = Work(verb="quantize", doing="quantizing", done="quantized",
+                  another="quantization of the same model and type", origin="was made from the same input")
 
 
 @dataclass
@@ -206,10 +203,10 @@ class QuantPipeline(OpenSourceLLMPipeline):
             return
         cache = where.cache
         await asyncio.to_thread(cache.mkdir, parents=True, exist_ok=True)
-        digest = await self._digest(ctx, src, cache)
+        digest = await Hashing(ctx, str(src), size, QUANTIZING).sha256(src, cache)
         final = cache / f"{digest}.{kind}.gguf"
-        async with self._locked(ctx, cache / f"{digest}.{kind}.lock") as lock_fd:
-            quantized = await self._cached(ctx, final, kind, digest)
+        async with locked(ctx, cache / f"{digest}.{kind}.lock", QUANTIZING) as lock_fd:
+            quantized = await cached(ctx, final, kind, digest, QUANTIZING)
             if quantized is None and ctx.dry_run:
                 estimate = quantized_facts(facts, kind, tensors)
                 ctx.log(f"dry run: would quantize {src} to {kind} as {final}"
@@ -280,65 +277,6 @@ class QuantPipeline(OpenSourceLLMPipeline):
         ctx.set_params(quantization=kind, model_file=served)
 
     # ---------------------------------------------------------------- helpers
-
-    async def _digest(self, ctx: StepContext, src: Path, cache: Path) -> str:
-        """The input's SHA-256, remembered per path while its size, mtime and inode stay the same."""
-        st = await asyncio.to_thread(src.stat)
-        stamp = {"path": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
-        memo = cache / "sources" / f"{hashlib.sha256(str(src).encode()).hexdigest()[:32]}.json"
-        with contextlib.suppress(OSError, ValueError):
-            known = json.loads(await asyncio.to_thread(memo.read_text))
-            if isinstance(known, dict) and {k: known.get(k) for k in stamp} == stamp:
-                return str(known["sha256"])
-        ctx.log(f"hashing {src} ({gib(st.st_size)}) to name the quantized file")
-        h = hashlib.sha256()
-        t0 = last = time.monotonic()
-        f = await asyncio.to_thread(open, src, "rb")
-        try:  # in pieces: a cancelled step stops between two
-            done = 0
-            while piece := await asyncio.to_thread(_read_into, f, h):
-                done += piece
-                if time.monotonic() - last >= PROGRESS_SECONDS:
-                    last = time.monotonic()
-                    ctx.log(f"hashing: {gib(done)} of {gib(st.st_size)}, {last - t0:.0f} s")
-        finally:
-            f.close()
-        digest = h.hexdigest()
-        await asyncio.to_thread(_write_atomically, memo, json.dumps({**stamp, "sha256": digest}))
-        return digest
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, ctx: StepContext, path: Path) -> AsyncIterator[int]:
-        """An exclusive ``flock`` on ``path`` (its fd is handed to the child, which holds it too)."""
-        fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            waited = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not waited:
-                        ctx.log(f"waiting for another quantization of the same model and type ({path.name})")
-                        waited = True
-                    await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield fd
-        finally:
-            os.close(fd)  # releases the lock once the child (if any) is gone too
-
-    async def _cached(self, ctx: StepContext, final: Path, kind: str, digest: str) -> ModelFacts | None:
-        if not await asyncio.to_thread(final.exists):
-            return None
-        try:
-            facts = await asyncio.to_thread(inspect_model, final)
-        except ModelInvalid as exc:
-            ctx.log(f"the cached {final.name} is unreadable ({exc}); quantizing again", level="warning")
-            await asyncio.to_thread(final.unlink, missing_ok=True)
-            return None
-        size = (await asyncio.to_thread(final.stat)).st_size
-        ctx.log(f"cache hit: {final} ({kind}, {gib(size)}) was made from the same input"
-                f" (sha256 {digest[:12]}...): nothing to quantize")
-        return facts
 
     async def _quantize(self, ctx: StepContext, src: Path, final: Path, kind: str, allow: bool, lock_fd: int,
                         need: int) -> None:
@@ -420,15 +358,3 @@ async def _tail(stream: asyncio.StreamReader, lines: deque[str]) -> None:
         if line:
             lines.append(line)
 
-
-def _read_into(f: IO[bytes], h: Any) -> int:
-    piece = f.read(HASH_CHUNK)
-    h.update(piece)
-    return len(piece)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

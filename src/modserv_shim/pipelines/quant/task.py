@@ -23,9 +23,7 @@ read them, which would need the ``pods/log`` permission).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -37,36 +35,14 @@ from typing import Any
 from modserv_shim.kit.files import publish
 from modserv_shim.modelinfo import ModelInvalid, inspect_model
 from modserv_shim.modelinfo.facts import gib
+from modserv_shim.pipelines.quant.cache import file_sha256
 from modserv_shim.plugins import TASK_REPORT_ENV
-
-HASH_CHUNK = 64 * 2**20
 
 
 class TaskFailed(Exception):
     def __init__(self, problem: str, reason: str) -> None:
         super().__init__(reason)
         self.problem = problem
-
-
-def digest(src: Path, cache: Path) -> str:
-    """The SHA-256 of ``src``, from the memo in ``<cache>/sources/`` when ``src`` did not change."""
-    st = src.stat()
-    stamp = {"path": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
-    memo = cache / "sources" / f"{hashlib.sha256(str(src).encode()).hexdigest()[:32]}.json"
-    with contextlib.suppress(OSError, ValueError):
-        known = json.loads(memo.read_text())
-        if isinstance(known, dict) and {k: known.get(k) for k in stamp} == stamp:
-            return str(known["sha256"])
-    h = hashlib.sha256()
-    with src.open("rb") as f:
-        while piece := f.read(HASH_CHUNK):
-            h.update(piece)
-    sha = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**stamp, "sha256": sha}))
-    os.replace(tmp, memo)
-    return sha
 
 
 def run(req: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +54,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         raise TaskFailed("not_found", f"{src} is not a file on the model volume")
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sha = digest(src, cache)
+    sha = file_sha256(src, cache)
     hashed = time.monotonic() - t0
     final = cache / f"{sha}.{kind}.gguf"
     with (cache / f"{sha}.{kind}.lock").open("a") as lock:
