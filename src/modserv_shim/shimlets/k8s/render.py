@@ -138,33 +138,47 @@ def endpoint(name: str, namespace: str, workload: Mapping[str, Any] | None, clus
 def validation_job(spec: DeploySpec, name: str, namespace: str, options: K8sOptions) -> dict[str, Any]:
     """A one-shot Job that inspects ``spec.modelFile`` on the model volume and reports in its termination message."""
     volume, mount = podspec.model_volume(options.model_volume, spec.modelFile)
-    job_labels = {MANAGED_BY: MANAGER, COMPONENT: naming.VALIDATION_COMPONENT,
-                  APP_NAME: naming.label_value(spec.modelName), VALIDATION_LABEL: name}
-    container = {
-        "name": "modelinfo",
-        "image": options.job_image,
-        "command": ["python", "-m", "modserv_shim.modelinfo", spec.modelFile, "--termination-log", TERMINATION_LOG],
-        "terminationMessagePath": TERMINATION_LOG,
-        # If the program dies before writing its report, the end of its output becomes the message.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False},
-        "volumeMounts": [mount],
-    }
+    return model_volume_job(
+        spec, name, namespace, options, component=naming.VALIDATION_COMPONENT, container="modelinfo",
+        command=["python", "-m", "modserv_shim.modelinfo", spec.modelFile, "--termination-log", TERMINATION_LOG],
+        resources={"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        volume=volume, mount=mount, timeout=options.validation_timeout)
+
+
+def model_volume_job(spec: DeploySpec, name: str, namespace: str, options: K8sOptions, *, component: str,
+                     container: str, command: list[str], resources: dict[str, Any], volume: dict[str, Any],
+                     mount: dict[str, Any], timeout: float, env: list[dict[str, str]] | None = None,
+                     ) -> dict[str, Any]:
+    """A one-shot Job of one container in ``options.job_image`` with the model volume mounted, on the nodes the
+    server would use, that reports in its termination message: the validation Job and the task Jobs
+    (:mod:`.tasks`); ``timeout`` is its ``activeDeadlineSeconds``."""
+    job_labels = {MANAGED_BY: MANAGER, COMPONENT: component, APP_NAME: naming.label_value(spec.modelName),
+                  VALIDATION_LABEL: name}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # The same nodes as the server: a hostPath model exists on the GPU nodes, maybe only there.
         **podspec.scheduling(spec.resourceRequirements, options),
-        "containers": [container],
+        "containers": [{
+            "name": container,
+            "image": options.job_image,
+            "command": command,
+            **({"env": env} if env is not None else {}),
+            "terminationMessagePath": TERMINATION_LOG,
+            # If the program dies before writing its report, the end of its output becomes the message.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "resources": resources,
+            "securityContext": {"allowPrivilegeEscalation": False},
+            "volumeMounts": [mount],
+        }],
         "volumes": [volume],
     }
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": job_labels,
                      "annotations": {MODEL_FILE_ANNOTATION: spec.modelFile}},
-        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": max(1, math.ceil(options.validation_timeout)),
+        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": max(1, math.ceil(timeout)),
                  "ttlSecondsAfterFinished": VALIDATION_TTL_SECONDS,
                  "template": {"metadata": {"labels": job_labels}, "spec": pod_spec}},
     }

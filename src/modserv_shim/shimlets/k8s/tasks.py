@@ -22,16 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import Any
 
 from modserv_shim.plugins import TASK_REPORT_ENV, VolumeTask, VolumeTaskResult
 from modserv_shim.shimlets.k8s import naming, podspec
 from modserv_shim.shimlets.k8s.cache import ClusterCache
-from modserv_shim.shimlets.k8s.naming import APP_NAME, COMPONENT, MANAGED_BY, MANAGER, MODEL_FILE_ANNOTATION
 from modserv_shim.shimlets.k8s.options import K8sOptions
-from modserv_shim.shimlets.k8s.render import TERMINATION_LOG, VALIDATION_TTL_SECONDS
+from modserv_shim.shimlets.k8s.render import TERMINATION_LOG, model_volume_job
 from modserv_shim.shimlets.k8s.validation import ValidationJob
 
 log = logging.getLogger(__name__)
@@ -46,38 +44,15 @@ def task_job(task: VolumeTask, name: str, namespace: str, options: K8sOptions) -
     mount = {**mount, "readOnly": False}
     if "persistentVolumeClaim" in volume:
         volume = {**volume, "persistentVolumeClaim": {**volume["persistentVolumeClaim"], "readOnly": False}}
-    labels = {MANAGED_BY: MANAGER, COMPONENT: naming.TASK_COMPONENT, APP_NAME: naming.label_value(spec.modelName),
-              naming.VALIDATION_LABEL: name}
     rr = spec.resourceRequirements
     requests: dict[str, str] = {"cpu": rr.cpu or "500m", "memory": rr.memory or "1Gi"}
     limits = {"memory": rr.memory} if rr.memory else {}
-    container = {
-        "name": naming.label_value(task.kind)[:63] or "task",
-        "image": options.job_image,
-        "command": list(task.command),
-        "env": [{"name": TASK_REPORT_ENV, "value": TERMINATION_LOG}],
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
-        "securityContext": {"allowPrivilegeEscalation": False},
-        "volumeMounts": [mount],
-    }
-    pod_spec: Obj = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        **podspec.scheduling(rr, options),
-        "containers": [container],
-        "volumes": [volume],
-    }
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels,
-                     "annotations": {MODEL_FILE_ANNOTATION: spec.modelFile}},
-        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": max(1, math.ceil(task.timeout)),
-                 "ttlSecondsAfterFinished": VALIDATION_TTL_SECONDS,
-                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
-    }
+    return model_volume_job(
+        spec, name, namespace, options, component=naming.TASK_COMPONENT,
+        container=naming.label_value(task.kind)[:63] or "task", command=list(task.command),
+        env=[{"name": TASK_REPORT_ENV, "value": TERMINATION_LOG}],
+        resources={"requests": requests, **({"limits": limits} if limits else {})},
+        volume=volume, mount=mount, timeout=task.timeout)
 
 
 def pod_phase(pods: list[Obj]) -> str:
