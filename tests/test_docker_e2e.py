@@ -24,20 +24,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
-import yaml
 
 from modserv_shim.shimlets.docker import render
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.helpers.docker_engine import DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import llama_image_fixture  # noqa: F401
+from tests.helpers.docker_server import containers, docker_shim
+from tests.helpers.shim_api import QUESTION, api, chat
 from tests.helpers.shim_process import ShimProcess
 
 MODELS = REPO / ".models"
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUESTION = "What is the capital of France? Answer in one sentence."
-API = "/api/v1/modserv"
 
 T = TypeVar("T")
 
@@ -55,15 +53,6 @@ class Steps:
         now = time.monotonic()
         print(f"  [{now - self.t0:6.1f} s] {what} ({now - self.last:.1f} s)", flush=True)
         self.last = now
-
-
-def api(shim: ShimProcess, method: str, path: str, expect: int | tuple[int, ...] = 200, **kw: Any) -> Any:
-    """One REST call; its ``data``, or a failure quoting the answer and the end of the shim's log."""
-    r = shim.request(method, f"{API}{path}", **kw)
-    wanted = (expect,) if isinstance(expect, int) else expect
-    assert r.status_code in wanted, (f"{method} {API}{path} answered {r.status_code}, expected {expect}: {r.text}\n"
-                                     f"--- shim log ---\n{shim.tail()}")
-    return r.json()["data"]
 
 
 def service(shim: ShimProcess, sid: str) -> dict[str, Any]:
@@ -85,23 +74,6 @@ def eventually(check: Callable[[], T | None], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def containers(engine: DockerEngine, label: str) -> list[dict[str, str]]:
-    """Every container (running or not) carrying ``label``: id, name and state, sorted by name."""
-    out = engine.cli("ps", "-a", "--no-trunc", "--filter", f"label={label}",
-                     "--format", "{{.ID}} {{.Names}} {{.State}}").stdout
-    rows = [dict(zip(("id", "name", "state"), line.split(), strict=True)) for line in out.splitlines() if line]
-    return sorted(rows, key=lambda c: c["name"])
-
-
-def chat(endpoint: str, model: str) -> str:
-    r = httpx.post(f"{endpoint}/v1/chat/completions", timeout=120, json={
-        "model": model, "temperature": 0, "max_tokens": 48,
-        "messages": [{"role": "user", "content": QUESTION}]})
-    assert r.status_code == 200, f"chat at {endpoint} answered {r.status_code}: {r.text}"
-    text: str = r.json()["choices"][0]["message"]["content"]
-    return text
-
-
 @pytest.fixture
 def model_file() -> Path:
     if not SMOLLM2.is_file():
@@ -112,8 +84,7 @@ def model_file() -> Path:
 @pytest.fixture
 def shim(tmp_path: Path, docker_engine: DockerEngine, llama_image: str) -> Iterator[ShimProcess]:
     """The server CLI with the docker shimlet on the test Engine; its containers removed at the end."""
-    config = tmp_path / "modserv.yaml"
-    config.write_text(yaml.safe_dump({"shimlets": {"docker": {
+    with docker_shim(tmp_path, docker_engine, {
         "host": docker_engine.host,
         "network": "host",
         "pull": "never",  # nothing can be pulled here: the image was built in this Engine
@@ -121,17 +92,11 @@ def shim(tmp_path: Path, docker_engine: DockerEngine, llama_image: str) -> Itera
         "model_volume": {"type": "bind", "source": str(MODELS)},
         "restart_backoff": 1.0,
         "stop_grace_period": 5.0,
-    }}}))
-    server = ShimProcess(tmp_path / "data", tmp_path / "shim.log", free_port(),
-                         ["--shimlet=docker", "--pipeline=opensourcellm", f"--config={config}"])
-    try:
-        yield server
-    finally:
-        server.stop()
-        left = containers(docker_engine, f"{render.MANAGED_BY}={render.MANAGER}")
-        if left:
-            docker_engine.cli("rm", "-f", "-v", *(c["id"] for c in left), check=False)
-        print(f"\n--- shim log: {server.log}", flush=True)
+    }) as server:
+        try:
+            yield server
+        finally:
+            print(f"\n--- shim log: {server.log}", flush=True)
 
 
 # --- the scenario -------------------------------------------------------------------------------

@@ -15,13 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, Live, fake_settings, wait_for
+from tests.conftest import Live, fake_settings, wait_for
 from tests.helpers.hf_fixtures import write_llama3_70b_like, write_missing_shard_model
+from tests.helpers.local_shim import FAST_LOCAL, SMOLLM2, alive, replica_pids
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf, write_truncated_copy
-
-SMOLLM2 = REPO / ".models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-FAST_LOCAL = {"restart_backoff": 0.2, "restart_backoff_max": 1.0, "probe_interval": 0.1,
-              "stop_grace_period": 5.0}
 
 
 def local_settings(tmp_path: Path, **kw: Any):  # type: ignore[no-untyped-def]
@@ -38,27 +35,6 @@ def tiny(tmp_path: Path) -> Path:
 def deploy_body(name: str, model: Path, **extra: Any) -> dict[str, Any]:
     return {"modelName": name, "modelFile": str(model),
             "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, "replicaCount": 1, **extra}
-
-
-async def replica_pids(live: Live, sid: str) -> list[int]:
-    shimlet = await live.server.manager.registry.shimlet("local")
-    rec = await live.server.manager.get(sid)
-    assert rec.resource_id
-    st = await shimlet.status(rec.resource_id)
-    return [int(r["pid"]) for r in st.detail.get("replicas", []) if r.get("pid")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def chat(endpoint: str, model: str) -> dict[str, Any]:

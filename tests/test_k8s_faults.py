@@ -35,10 +35,10 @@ import pytest
 
 from modserv_shim.config import Settings
 from tests.conftest import Live, free_port, serve
+from tests.helpers.k8s_volume import modelinfo_job
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import ApiFault, NodeSpec, Sim, eventually, run_sim
 from tests.test_k8s_shimlet import openai_backend
-from tests.test_k8s_shimlet_inspect import modelinfo_job
 
 SEED_ENV, DEPLOYS_ENV, RATIO_ENV = "MODSERV_FAULTS_SEED", "MODSERV_FAULTS_DEPLOYS", "MODSERV_FAULTS_RATIO"
 MANAGED = "app.kubernetes.io/managed-by=modserv-shim"

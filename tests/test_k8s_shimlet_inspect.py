@@ -12,24 +12,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from modserv_shim.config import Settings
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.modelinfo import ModelFacts
-from modserv_shim.modelinfo.__main__ import main as modelinfo_main
 from modserv_shim.plugins import PluginContext
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import COMPONENT, VALIDATION_COMPONENT
 from modserv_shim.spec import DeploySpec
 from tests.conftest import Live, free_port, serve
-from tests.helpers.tiny_gguf import write_tiny_llama_gguf
+from tests.helpers.k8s_volume import VOLUME, modelinfo_job, pvc_folder
 from tests.k8s_sim import JobResult, PodFault, Sim, run_sim
 from tests.test_k8s_shimlet import NODES, openai_backend, options_for, shimlet_on
 
-VOLUME = {"type": "pvc", "claim_name": "models", "mount_path": "/models"}
 JOB_PODS = f"{COMPONENT}={VALIDATION_COMPONENT}"
 
 
@@ -42,28 +39,9 @@ def sim() -> Iterator[Sim]:
 @pytest.fixture
 def volume(tmp_path: Path) -> Path:
     """The content of the PVC "models": what the validation pod sees under /models."""
-    root = tmp_path / "pvc"
-    root.mkdir()
-    write_tiny_llama_gguf(root / "tiny.gguf")
+    root = pvc_folder(tmp_path)
     (root / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     return root
-
-
-def modelinfo_job(volume: Path, tmp_path: Path, seen: list[list[str]]) -> Callable[[dict[str, Any]], JobResult]:
-    """A job handler that runs the pod's command against ``volume`` mounted at /models."""
-
-    def handle(pod: dict[str, Any]) -> JobResult:
-        container = pod["spec"]["containers"][0]
-        command = list(container["command"])
-        seen.append(command)
-        assert command[:3] == ["python", "-m", "modserv_shim.modelinfo"]
-        path, report = command[3], tmp_path / f"termination-{len(seen)}"
-        local = volume / Path(path).relative_to("/models")
-        code = modelinfo_main([str(local), "--termination-log", str(report)])
-        message = report.read_text().replace(str(local), path)  # paths as the pod sees them
-        return JobResult(succeeded=code == 0, message=message, exit_code=code)
-
-    return handle
 
 
 def spec(model_file: str) -> DeploySpec:

@@ -18,27 +18,10 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.helpers.local_shim import FAST_LOCAL, SMOLLM2, alive
+from tests.helpers.quant import quantizers_of
+from tests.helpers.shim_api import api, chat
 from tests.helpers.shim_process import ShimProcess, kill_owned
-from tests.test_docker_e2e import api, chat
-from tests.test_e2e_local import FAST_LOCAL, SMOLLM2, alive
-
-WORKER = b"modserv_shim.pipelines.quant.worker"
-
-
-def quantizers_of(parent: int) -> list[int]:
-    """The quantizer child processes of ``parent``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-            state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue
-        if int(ppid) == parent and state not in ("Z", "X") and WORKER in cmd:
-            found.append(int(d.name))
-    return found
 
 
 @pytest.fixture

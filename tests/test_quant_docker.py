@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from modserv_shim.errors import ValidationFailed
 from modserv_shim.modelinfo import inspect_model
@@ -24,11 +23,12 @@ from modserv_shim.pipelines.quant import QuantPipeline
 from modserv_shim.plugins import PluginContext
 from modserv_shim.shimlets.docker import DockerShimlet, render
 from modserv_shim.spec import DeploySpec
-from tests.conftest import free_port
 from tests.helpers.docker_engine import DockerEngine, docker_engine_fixture  # noqa: F401
 from tests.helpers.docker_images import llama_image_fixture  # noqa: F401
+from tests.helpers.docker_server import containers, docker_shim
+from tests.helpers.local_shim import SMOLLM2
+from tests.helpers.shim_api import api, chat
 from tests.helpers.shim_process import ShimProcess
-from tests.test_docker_e2e import SMOLLM2, api, chat, containers
 
 QUANT = {"type": "Q4_K_M", "allowRequantize": True}
 
@@ -47,21 +47,12 @@ def models(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def shim(tmp_path: Path, models: Path, docker_engine: DockerEngine, llama_image: str) -> Iterator[ShimProcess]:
-    config = tmp_path / "modserv.yaml"
-    config.write_text(yaml.safe_dump({"shimlets": {"docker": {
+    with docker_shim(tmp_path, docker_engine, {
         "host": docker_engine.host, "network": "host", "pull": "never",
         "images": {"llama.cpp": {"image": llama_image, "program": "llama-cpp-python"}},
         "model_volume": {"type": "bind", "source": str(models), "target": "/models"},
-    }}}))
-    server = ShimProcess(tmp_path / "data", tmp_path / "shim.log", free_port(),
-                         ["--shimlet=docker", "--pipeline=opensourcellm", f"--config={config}"])
-    try:
+    }) as server:
         yield server
-    finally:
-        server.stop()
-        left = containers(docker_engine, f"{render.MANAGED_BY}={render.MANAGER}")
-        if left:
-            docker_engine.cli("rm", "-f", "-v", *(c["id"] for c in left), check=False)
 
 
 @pytest.mark.timeout(600)

@@ -40,8 +40,8 @@ from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.fake_shimlet import ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import ContractContext, ServiceState
 from tests.conftest import Live
-from tests.test_e2e_local import alive, replica_pids
-from tests.test_quant_pipeline import leftovers, messages, quant_body, quant_settings
+from tests.helpers.local_shim import alive, replica_pids
+from tests.helpers.quant import leftovers, messages, quant_body, quant_settings, small_tmpfs
 
 CONVERTER = default_convert_dir() / SCRIPT_NAME
 
@@ -298,16 +298,8 @@ async def test_a_python_without_torch_is_a_clear_error(tiny_hf: Path, tmp_path: 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MiB file system (tmpfs; needs the right to mount): the F16 file needs about 35 MiB."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=False,
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "2m") as small:
         yield small
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 async def test_too_little_disk_for_the_converted_model_is_a_clear_error(tiny_hf: Path, tiny_disk: Path,

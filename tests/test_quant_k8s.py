@@ -32,12 +32,11 @@ from modserv_shim.shimlets.k8s.tasks import task_job
 from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.pipeline_contract import ContractContext, ServiceState
 from tests.conftest import Live, free_port, serve
+from tests.helpers.k8s_volume import VOLUME, modelinfo_job, pvc_folder
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import JobResult, Sim, run_sim, wait_until
 from tests.test_k8s_shimlet import NODES, openai_backend, options_for, shimlet_on
-from tests.test_k8s_shimlet_inspect import modelinfo_job
 
-VOLUME = {"type": "pvc", "claim_name": "models", "mount_path": "/models"}
 TASK_PODS = f"{COMPONENT}={TASK_COMPONENT}"
 WORKER = ["python", "-m", "modserv_shim.pipelines.quant.worker"]
 
@@ -51,10 +50,7 @@ def sim() -> Iterator[Sim]:
 @pytest.fixture
 def volume(tmp_path: Path) -> Path:
     """The content of the PVC "models": what the pods see under /models."""
-    root = tmp_path / "pvc"
-    root.mkdir()
-    write_tiny_llama_gguf(root / "tiny.gguf")
-    return root
+    return pvc_folder(tmp_path)
 
 
 def quant_job(volume: Path, tmp_path: Path, seen: list[dict[str, Any]], run_seconds: float = 2.5,

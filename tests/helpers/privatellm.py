@@ -11,14 +11,13 @@ import httpx
 import pytest
 
 from modserv_shim.config import Settings
-from tests.conftest import REPO, Live, fake_settings
+from tests.conftest import Live, fake_settings
 from tests.helpers.https_file_server import ModelSourceServer, make_certs
+from tests.helpers.local_shim import FAST_LOCAL, SMOLLM2
 
 TOKEN = "tok-RIGHT-5d9a1c0e7b"
 WRONG = "tok-WRONG-0c4f2e8a91"
 API = "/api/v1/modserv"
-SMOLLM2 = REPO / ".models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-FAST_LOCAL = {"restart_backoff": 0.2, "restart_backoff_max": 1.0, "probe_interval": 0.1, "stop_grace_period": 5.0}
 
 
 @pytest.fixture(name="source")
