@@ -9,6 +9,7 @@ session's engine, unlabelled, keeps today's behaviour (tests/test_docker_shimlet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import pytest
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.plugins import ResourcePhase
 from modserv_shim.shimlets.docker import DockerShimlet
-from modserv_shim.shimlets.docker.placement import GPU_PRODUCT_LABEL, host_products, refusal
+from modserv_shim.shimlets.docker.placement import GPU_COUNT_LABEL, GPU_PRODUCT_LABEL, host_products, refusal
 from modserv_shim.testing import make_plugin_context
 from tests.helpers import docker_images as di
 from tests.helpers.docker_engine import DockerEngine, OwnDockerd
@@ -91,3 +92,39 @@ def test_label_parsing_and_the_decision() -> None:
     why = refusal("NVIDIA A100", ["NVIDIA H20", "NVIDIA L4"], "tcp://gpu-1:2376")
     assert why is not None and why.startswith("the Docker host at tcp://gpu-1:2376 has no NVIDIA A100 GPU: it has"
                                               " NVIDIA H20, NVIDIA L4")
+
+
+def _meminfo_total() -> int:
+    line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal:"))
+    return int(line.split()[1]) * 1024
+
+
+async def test_capacity_is_what_the_engine_reports_and_its_gpu_labels(tmp_path: Path) -> None:
+    """``capacity()`` against a real Engine: its CPUs and memory (this host's: the Engine runs here), and
+    the GPUs its labels name (one product and a count; two products with a count stay unknown)."""
+    if not shutil.which("dockerd") or os.geteuid() != 0:
+        pytest.skip("our own Docker Engine needs dockerd and root")
+    own = OwnDockerd.start()
+    try:
+        shimlet = DockerShimlet(make_plugin_context(tmp_path / "data", "docker", {"host": own.engine.host, **FAST}))
+        await shimlet.start()
+        try:
+            [host] = (await shimlet.capacity()).hosts
+            assert host.cpu_cores == os.cpu_count()
+            assert host.memory_bytes is not None and abs(host.memory_bytes - _meminfo_total()) < 0.01 * _meminfo_total()
+            assert host.accelerators == {}  # the Engine names no GPU
+
+            for labels, expected in (([f"{GPU_PRODUCT_LABEL}=NVIDIA H20", f"{GPU_COUNT_LABEL}=2"], {"NVIDIA H20": 2}),
+                                     ([f"{GPU_PRODUCT_LABEL}={PRODUCTS}", f"{GPU_COUNT_LABEL}=4"], {})):
+                (own.root / "daemon.json").write_text(json.dumps({"labels": labels}))
+                own.proc.send_signal(signal.SIGHUP)  # dockerd reloads its labels from the config file
+                deadline = time.monotonic() + 10
+                while sorted(own.engine.api("GET", "/info")[1].get("Labels") or []) != sorted(labels):
+                    assert time.monotonic() < deadline, f"dockerd did not reload its labels:\n{own.log_tail()}"
+                    await asyncio.sleep(0.05)
+                capacity = await shimlet.capacity()
+                assert capacity.accelerators == expected, labels
+        finally:
+            await shimlet.close()
+    finally:
+        own.stop()
