@@ -26,11 +26,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.conftest import fake_settings, serve  # noqa: E402
-from tests.doubles.fake_pipeline import FakePipeline  # noqa: E402
-from tests.doubles.fake_shimlet import FakeShimlet  # noqa: E402
-from tests.test_api_flows import DEPLOY  # noqa: E402
+from tests.helpers.api_flows import DEPLOY  # noqa: E402
 
 from modserv_shim.server.runner import build_registry  # noqa: E402
+from modserv_shim.testing.fake_pipeline import FakePipeline  # noqa: E402
+from modserv_shim.testing.fake_shimlet import FakeShimlet  # noqa: E402
 
 BIG_ENV = {f"BIG_{i}": "x" * 4000 for i in range(8)}  # 32,000 characters: the cap
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import Live, wait_for
-
-DEPLOY = {
-    "modelName": "llama-3-8b",
-    "modelFile": "/models/llama-3-8b",
-    "resourceRequirements": {"acceleratorType": "NVIDIA H20", "acceleratorCount": 1, "cpu": "4", "memory": "16Gi"},
-    "replicaCount": 1,
-}
+from tests.helpers.api_flows import DEPLOY
 
 
 async def test_brief_flow_deploy_status_pipeline_logs(start_server) -> None:  # type: ignore[no-untyped-def]

@@ -11,25 +11,8 @@ import pytest
 from modserv_shim.errors import ValidationFailed
 from modserv_shim.server.auth import Role, TokenTable, is_loopback
 from tests.conftest import Live, fake_settings
-from tests.test_api_flows import DEPLOY
-
-VIEW = "viewer-token-0123456789"
-OPER = "operator-token-0123456789"
-ADMIN = "admin-token-0123456789"
-
-
-def token_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
-    f = tmp_path / "tokens.yaml"
-    f.write_text(
-        "tokens:\n"
-        f"  - {{name: vera, role: viewer, token: {VIEW}}}\n"
-        f"  - {{name: otto, role: operator, token_sha256: {hashlib.sha256(OPER.encode()).hexdigest()}}}\n"
-    )
-    return fake_settings(tmp_path, tokens_file=f, tokens=f"ada:admin:{ADMIN}")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.helpers.api_flows import DEPLOY
+from tests.helpers.auth import ADMIN, OPER, VIEW, bearer, token_settings
 
 
 async def test_roles_are_enforced(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

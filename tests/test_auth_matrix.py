@@ -23,8 +23,8 @@ import modserv_shim.testing
 from modserv_shim.server.auth import Role
 from modserv_shim.testing.fake_pipeline import FakePipeline
 from tests.conftest import Live, wait_for
-from tests.test_api_flows import DEPLOY
-from tests.test_auth import ADMIN, OPER, VIEW, bearer, token_settings
+from tests.helpers.api_flows import DEPLOY
+from tests.helpers.auth import ADMIN, OPER, VIEW, bearer, token_settings
 
 DOUBLES = Path(modserv_shim.testing.__file__).parent  # fake_shimlet.py, fake_pipeline.py: hot-loaded as files
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Live
-from tests.test_api_flows import DEPLOY
+from tests.helpers.api_flows import DEPLOY
 
 
 def with_(**changes: Any) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import Live, fake_settings
-from tests.test_api_flows import DEPLOY
-from tests.test_crash_safety import ServerProcess
+from tests.helpers.api_flows import DEPLOY
+from tests.helpers.server_process import ServerProcess
 
 MB = 1024 * 1024
 BIG = b" " * (50 * MB)  # one buffer, shared by every request that sends it

@@ -12,8 +12,8 @@ import pytest
 
 from modserv_shim.config import Settings
 from tests.conftest import Live, fake_settings, free_port
+from tests.helpers.api_flows import DEPLOY
 from tests.helpers.shim_process import stop_process
-from tests.test_api_flows import DEPLOY
 
 CLI = [sys.executable, "-m", "modserv_shim.cli"]
 

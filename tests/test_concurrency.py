@@ -22,7 +22,7 @@ from modserv_shim.server.runner import build_registry
 from modserv_shim.testing.fake_pipeline import FakePipeline
 from modserv_shim.testing.fake_shimlet import FakeShimlet
 from tests.conftest import Live, fake_settings, serve, wait_for
-from tests.test_api_flows import DEPLOY
+from tests.helpers.api_flows import DEPLOY
 
 DEPLOYS = int(os.environ.get("MODSERV_CONCURRENCY_DEPLOYS", "200"))
 SEED = int(os.environ.get("MODSERV_CONCURRENCY_SEED", random.randrange(1 << 30)))

@@ -20,8 +20,8 @@ from modserv_shim.private import PRIVATE_MASK, PRIVATE_OUTPUT
 from modserv_shim.spec import MASK
 from modserv_shim.testing.fake_pipeline import FakePipeline
 from tests.conftest import Live
-from tests.test_api_flows import DEPLOY
-from tests.test_auth import OPER, VIEW, bearer, token_settings
+from tests.helpers.api_flows import DEPLOY
+from tests.helpers.auth import OPER, VIEW, bearer, token_settings
 
 SSE = {"Accept": "text/event-stream"}
 LIFECYCLE = ["initializing", "pipeline_running", "deploying", "health_checking", "running"]

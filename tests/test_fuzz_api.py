@@ -53,8 +53,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import REPO, free_port
+from tests.helpers.api_flows import DEPLOY
 from tests.helpers.shim_process import stop_process
-from tests.test_api_flows import DEPLOY
 
 ADMIN = "fuzz-admin-token-0123456789"
 VIEWER = "fuzz-viewer-token-0123456789"

@@ -30,7 +30,7 @@ from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.fake_pipeline import FakePipeline
 from modserv_shim.testing.fake_shimlet import FakeShimlet
 from tests.conftest import Live, fake_settings, wait_for
-from tests.test_api_flows import DEPLOY
+from tests.helpers.api_flows import DEPLOY
 
 # --------------------------------------------------------------------------------------------- test doubles
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.plugin_install import builds_offline
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.test_plugin_project import _builds_offline
 
 CLI = [sys.executable, "-m", "modserv_shim.cli"]
 TODO = re.compile(r'^(\s*)raise NotImplementedError\("TODO: [^"]*"\)\n$')
@@ -271,7 +271,7 @@ def test_filled_projects_pass_their_own_tests(generated: Path, tmp_path: Path) -
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
                *(str(projects / name) for name in PROJECTS)]
-    if _builds_offline():
+    if builds_offline():
         install.insert(4, "--no-build-isolation")  # else pip fetches setuptools from the package index
     built = run(install, cwd=tmp_path, timeout=180)
     assert built.returncode == 0, f"pip could not install the generated projects:\n{built.stdout}\n{built.stderr}"

@@ -8,8 +8,6 @@ project is built, so the build leaves nothing behind in the repository.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
@@ -18,16 +16,9 @@ import sys
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.helpers.plugin_install import builds_offline
 
 PROJECT = REPO / "examples" / "plugin-project"
-
-
-def _builds_offline() -> bool:
-    """Can pip build the project with this virtualenv's setuptools (no download of a build backend)?"""
-    if importlib.util.find_spec("setuptools") is None:
-        return False
-    version = tuple(int(p) for p in re.findall(r"\d+", importlib.metadata.version("setuptools"))[:2])
-    return version >= (70, 1) or importlib.util.find_spec("wheel") is not None  # bdist_wheel is built in since 70.1
 
 
 def test_the_example_plugin_project_passes_its_own_tests(tmp_path: Path) -> None:
@@ -36,7 +27,7 @@ def test_the_example_plugin_project_passes_its_own_tests(tmp_path: Path) -> None
         "build", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"))
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(project)]
-    if _builds_offline():
+    if builds_offline():
         install.insert(4, "--no-build-isolation")  # else pip fetches setuptools from the package index
     built = subprocess.run(install, check=False, capture_output=True, text=True, timeout=180)
     assert built.returncode == 0, f"pip could not install the plugin project:\n{built.stdout}\n{built.stderr}"

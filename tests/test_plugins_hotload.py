@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 from tests.conftest import Live, fake_settings
-from tests.test_api_flows import DEPLOY
+from tests.helpers.api_flows import DEPLOY
 
 QUANT_PIPELINE = textwrap.dedent('''
     from modserv_shim.plugins import DeployContext, LaunchSpec, Phase, StepSpec
