@@ -15,36 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Live, fake_settings, wait_for
+from tests.conftest import Live, wait_for
 from tests.helpers.hf_fixtures import write_llama3_70b_like, write_missing_shard_model
-from tests.helpers.local_shim import FAST_LOCAL, SMOLLM2, alive, replica_pids
-from tests.helpers.tiny_gguf import write_tiny_llama_gguf, write_truncated_copy
-
-
-def local_settings(tmp_path: Path, **kw: Any):  # type: ignore[no-untyped-def]
-    return fake_settings(tmp_path, shimlet="local", pipeline="opensourcellm",
-                         shimlets={"local": FAST_LOCAL}, **kw)
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    (tmp_path / "models").mkdir()
-    return write_tiny_llama_gguf(tmp_path / "models" / "tiny.gguf")
-
-
-def deploy_body(name: str, model: Path, **extra: Any) -> dict[str, Any]:
-    return {"modelName": name, "modelFile": str(model),
-            "resourceRequirements": {"cpu": "1", "memory": "2Gi"}, "replicaCount": 1, **extra}
-
-
-async def chat(endpoint: str, model: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=120) as c:
-        r = await c.post(f"{endpoint}/v1/chat/completions", json={
-            "model": model, "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+from tests.helpers.local_shim import SMOLLM2, alive, chat, deploy_body, local_settings, replica_pids, tiny_fixture  # noqa: F401
+from tests.helpers.tiny_gguf import write_truncated_copy
 
 
 async def deploy_and_run(live: Live, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, Live, free_port, wait_for
+from tests.helpers.local_shim import chat, deploy_body, local_settings
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.test_e2e_local import chat, deploy_body, local_settings
 
 EXAMPLE_ENV = ["QUANTIZE", "EXTERNAL_URL"]  # the examples' per-deploy parameters, allowed as README says
 

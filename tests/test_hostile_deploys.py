@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Live
-from tests.test_e2e_local import deploy_body, local_settings, replica_pids, tiny  # noqa: F401  (fixture)
+from tests.helpers.local_shim import deploy_body, local_settings, replica_pids, tiny_fixture  # noqa: F401
 
 CANARY = "/tmp/modserv-hostile-canary"
 SHELL = f"touch {CANARY}"
@@ -145,7 +145,7 @@ def proc_strings(pid: int, name: str) -> list[str]:
 
 
 @pytest.fixture
-async def hostile_server(start_server, tmp_path: Path, tiny: Path):  # type: ignore[no-untyped-def]  # noqa: F811
+async def hostile_server(start_server, tmp_path: Path, tiny: Path):  # type: ignore[no-untyped-def]
     """A real server whose model root is the tiny model's folder (model_roots is an admin setting)."""
     live: Live = await start_server(local_settings(tmp_path, model_roots=[str(tiny.parent)]))
     return live, tiny
@@ -191,7 +191,7 @@ async def test_allowed_values_reach_the_command_line(hostile_server: tuple[Live,
     assert set(rendered["launch"]["env"]) == {"OMP_NUM_THREADS", "TZ"}
 
 
-async def test_admin_can_allow_more_names_and_flags(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_admin_can_allow_more_names_and_flags(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
     live: Live = await start_server(local_settings(tmp_path, allowed_env=["FAKE_*", "ACME_*", "HF_TOKEN"],
                                                    allowed_runtime_args={"llama.cpp": ["--n_seq_max"]}))
     body = {**deploy_body("acme", tiny), "dryRun": True, "env": {"ACME_REGION": "eu", "HF_TOKEN": "hf_secret123"},
@@ -206,7 +206,7 @@ async def test_admin_can_allow_more_names_and_flags(start_server, tmp_path: Path
 
 
 async def test_a_model_server_gets_no_secret_of_the_shim_and_listens_on_loopback(
-    start_server, tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]  # noqa: F811
+    start_server, tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
     """A real llama.cpp server: its environment lacks the shim's MODSERV_* settings (tokens, database URL)
     and holds the request's allowed variables; it listens on 127.0.0.1 only."""

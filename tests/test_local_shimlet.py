@@ -39,50 +39,10 @@ from modserv_shim.shimlets.local import LocalShimlet
 from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.shimlet_contract import ShimletContract, phase_is, wait_for_status
 from tests.helpers.fake_openai_server import PATH as FAKE_SERVER
+from tests.helpers.local_shimlet import FAST, OWNER, OWNER_VAR, fake_context, fake_launch, gone, running
 
-FAST: dict[str, Any] = {
-    "probe_interval": 0.05,
-    "poll_interval": 0.1,
-    "restart_backoff": 0.2,
-    "restart_backoff_max": 1.0,
-    "stop_grace_period": 3.0,
-}
 MakeShimlet = Callable[..., Awaitable[LocalShimlet]]
 REPO = Path(__file__).resolve().parent.parent
-# Every server these tests start carries this in its environment, so that the
-# teardown can find (and fail on) any process left behind, whatever went wrong.
-OWNER_VAR = "MODSERV_SHIM_TEST_OWNER"
-OWNER = os.environ.get(OWNER_VAR) or str(os.getpid())
-
-
-def fake_launch(*extra: str, name: str = "tiny", ready_path: str = "/v1/models") -> LaunchSpec:
-    return LaunchSpec(
-        runtime="fake-openai",
-        served_model_name=name,
-        model_path="/models/tiny.gguf",
-        local_command=(sys.executable, FAKE_SERVER),
-        args=("--host", "{host}", "--port", "{port}", "--model-name", name, *extra),
-        ready_path=ready_path,
-        env={OWNER_VAR: OWNER},
-    )
-
-
-def fake_context(service_id: str, replicas: int = 1, *extra: str) -> DeployContext:
-    spec = DeploySpec(modelName="tiny", modelFile="/models/tiny.gguf", replicaCount=max(replicas, 1))
-    return DeployContext(service_id=service_id, spec=spec, launch=fake_launch(*extra), replicas=replicas)
-
-
-def running(pid: int) -> bool:
-    """Is ``pid`` a live process?  A zombie is not (and is reaped if it is our child)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
 
 
 def leftovers() -> list[int]:
@@ -98,13 +58,6 @@ def leftovers() -> list[int]:
             if marker in environ and running(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-async def gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while running(pid) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return not running(pid)
 
 
 def pids(status: ResourceStatus) -> list[int]:
@@ -496,7 +449,7 @@ SHIM_SCRIPT = textwrap.dedent(
     import asyncio, sys
     from modserv_shim.plugins import PluginContext
     from modserv_shim.shimlets.local import LocalShimlet
-    from tests.test_local_shimlet import FAST, fake_context
+    from tests.helpers.local_shimlet import FAST, fake_context
 
     async def main():
         shimlet = LocalShimlet(PluginContext("local", sys.argv[1], FAST))

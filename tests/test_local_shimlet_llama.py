@@ -19,8 +19,8 @@ from modserv_shim.runtimes import LaunchParams, select_runtime
 from modserv_shim.shimlets.local import LocalShimlet
 from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.shimlet_contract import phase_is, wait_for_status
+from tests.helpers.local_shimlet import gone, running
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.test_local_shimlet import gone, running
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from modserv_shim.modelinfo import inspect_model
 from modserv_shim.modelinfo.accelerators import read_host_memory
 from modserv_shim.modelinfo.memory import estimate_memory
 from tests.conftest import Live, serve, wait_for
-from tests.test_e2e_local import deploy_body, local_settings, tiny  # noqa: F401  (fixture)
+from tests.helpers.local_shim import deploy_body, local_settings, tiny_fixture  # noqa: F401
 
 
-async def test_scale_up_that_does_not_fit_is_refused_like_a_deploy(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_scale_up_that_does_not_fit_is_refused_like_a_deploy(start_server, tmp_path: Path, tiny: Path) -> None:  # type: ignore[no-untyped-def]
     live: Live = await start_server(local_settings(tmp_path))
     body = {**deploy_body("tiny", tiny), "resourceRequirements": {"cpu": "1"}}  # no limit: replicas share this host
     per_replica = estimate_memory(inspect_model(str(tiny)), None).per_replica_bytes
@@ -53,7 +53,7 @@ async def test_scale_up_that_does_not_fit_is_refused_like_a_deploy(start_server,
 
 
 async def test_restart_of_the_shim_does_not_flip_running_services_to_degraded(  # type: ignore[no-untyped-def]
-    start_server, tmp_path: Path, tiny: Path  # noqa: F811
+    start_server, tmp_path: Path, tiny: Path
 ) -> None:
     """Adopted model servers are probed before anything is said about them: no 'degraded' event,
     no '0 of 1 replicas ready', the service stays running throughout."""

@@ -23,9 +23,9 @@ import pytest
 
 from modserv_shim.server.routes.ui import ASSETS
 from tests.conftest import REPO, Live, serve
-from tests.test_api_flows import DEPLOY
-from tests.test_auth import ADMIN, OPER, VIEW, bearer, token_settings
-from tests.test_e2e_local import SMOLLM2, local_settings
+from tests.helpers.api_flows import DEPLOY
+from tests.helpers.auth import ADMIN, OPER, VIEW, bearer, token_settings
+from tests.helpers.local_shim import SMOLLM2, local_settings
 
 pw_api = pytest.importorskip("playwright.async_api")
 
