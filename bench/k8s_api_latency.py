@@ -28,10 +28,10 @@ import uvicorn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.conftest import free_port  # noqa: E402
+from tests.helpers.k8s_shimlet import NODES, openai_backend, options_for  # noqa: E402
+from tests.helpers.k8s_volume import VOLUME, modelinfo_job  # noqa: E402
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf  # noqa: E402
 from tests.k8s_sim import run_sim  # noqa: E402
-from tests.test_k8s_shimlet import NODES, openai_backend, options_for  # noqa: E402
-from tests.test_k8s_shimlet_inspect import VOLUME, modelinfo_job  # noqa: E402
 
 from modserv_shim.config import Settings  # noqa: E402
 from modserv_shim.logs import configure as configure_logs  # noqa: E402

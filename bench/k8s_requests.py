@@ -31,8 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.helpers.k8s_shimlet import context  # noqa: E402
 from tests.k8s_sim import NodeSpec, Sim, run_sim  # noqa: E402
-from tests.test_k8s_shimlet import context  # noqa: E402
 
 from modserv_shim.plugins import PluginContext, ResourcePhase  # noqa: E402
 from modserv_shim.shimlets.k8s import K8sShimlet  # noqa: E402

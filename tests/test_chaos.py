@@ -50,11 +50,11 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.helpers.k8s_shimlet import openai_backend
 from tests.helpers.k8s_volume import modelinfo_job
 from tests.helpers.shim_process import ShimProcess, kill_owned, owned_processes
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import NodeSpec, Sim, eventually, run_sim, wait_until
-from tests.test_k8s_shimlet import openai_backend
 
 SEED_ENV, DEPLOYS_ENV, KILLS_ENV = "MODSERV_CHAOS_SEED", "MODSERV_CHAOS_DEPLOYS", "MODSERV_CHAOS_KILLS"
 KILL_DELAY = (0.05, 1.5)  # seconds after an action

@@ -35,10 +35,10 @@ import pytest
 
 from modserv_shim.config import Settings
 from tests.conftest import Live, free_port, serve
+from tests.helpers.k8s_shimlet import openai_backend
 from tests.helpers.k8s_volume import modelinfo_job
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
 from tests.k8s_sim import ApiFault, NodeSpec, Sim, eventually, run_sim
-from tests.test_k8s_shimlet import openai_backend
 
 SEED_ENV, DEPLOYS_ENV, RATIO_ENV = "MODSERV_FAULTS_SEED", "MODSERV_FAULTS_DEPLOYS", "MODSERV_FAULTS_RATIO"
 MANAGED = "app.kubernetes.io/managed-by=modserv-shim"
@@ -137,7 +137,7 @@ async def test_a_probe_outlasts_an_api_server_outage_longer_than_the_call_retrie
     server, so they are now retried for up to ``probe_timeout``.  Refusals (4xx) are still answered at once."""
     from modserv_shim.plugins import PluginContext, ResourcePhase
     from modserv_shim.shimlets.k8s import K8sShimlet
-    from tests.test_k8s_shimlet import context, wait_phase
+    from tests.helpers.k8s_shimlet import context, wait_phase
 
     with run_sim() as sim, openai_backend("tiny") as backend:
         sim.set_default_service_backend(backend)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,18 @@ from modserv_shim.errors import BackendUnavailable, PermanentStepError, StateCon
 from modserv_shim.plugins import ResourcePhase
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import INSTANCE
-from tests.k8s_sim import ApiFault, PodFault, Sim, run_sim
-from tests.test_k8s_shimlet import NODES, context, llama3_context, pods_of, shimlet_on, wait_phase
+from tests.helpers.k8s_shimlet import (
+    context,
+    llama3_context,
+    pods_of,
+    shimlet_fixture,  # noqa: F401
+    shimlet_on,
+    sim_fixture,  # noqa: F401
+    wait_phase,
+)
+from tests.k8s_sim import ApiFault, PodFault, Sim
 
 LIMIT = 2.0  # seconds from the injection to the shimlet's verdict
-
-
-@pytest.fixture
-def sim() -> Iterator[Sim]:
-    with run_sim(nodes=NODES) as running:
-        yield running
-
-
-@pytest.fixture
-async def shimlet(sim: Sim, tmp_path: Path) -> AsyncIterator[K8sShimlet]:
-    async with shimlet_on(sim, tmp_path) as running:
-        yield running
 
 
 async def verdict_within(shimlet: K8sShimlet, rid: str, phase: ResourcePhase, since: float) -> str:
@@ -238,7 +234,7 @@ async def test_an_expired_watch_relists_and_notices_what_was_deleted_meanwhile(s
 
 async def test_status_before_start_starts_the_shimlet(sim: Sim, tmp_path: Path) -> None:
     from modserv_shim.plugins import PluginContext
-    from tests.test_k8s_shimlet import options_for
+    from tests.helpers.k8s_shimlet import options_for
 
     shimlet = K8sShimlet(PluginContext("k8s", tmp_path, options_for(sim, tmp_path)))
     try:

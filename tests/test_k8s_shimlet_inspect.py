@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from modserv_shim.config import Settings
 from modserv_shim.errors import PermanentStepError
 from modserv_shim.modelinfo import ModelFacts
 from modserv_shim.plugins import PluginContext
 from modserv_shim.shimlets.k8s import K8sShimlet
 from modserv_shim.shimlets.k8s.naming import COMPONENT, VALIDATION_COMPONENT
 from modserv_shim.spec import DeploySpec
-from tests.conftest import Live, free_port, serve
-from tests.helpers.k8s_volume import VOLUME, modelinfo_job, pvc_folder
-from tests.k8s_sim import JobResult, PodFault, Sim, run_sim
-from tests.test_k8s_shimlet import NODES, openai_backend, options_for, shimlet_on
+from tests.conftest import Live
+from tests.helpers.k8s_shimlet import openai_backend, shimlet_on, sim_fixture  # noqa: F401
+from tests.helpers.k8s_volume import VOLUME, k8s_server_fixture, modelinfo_job, pvc_folder  # noqa: F401
+from tests.k8s_sim import JobResult, PodFault, Sim
 
 JOB_PODS = f"{COMPONENT}={VALIDATION_COMPONENT}"
-
-
-@pytest.fixture
-def sim() -> Iterator[Sim]:
-    with run_sim(nodes=NODES) as running:
-        yield running
 
 
 @pytest.fixture
@@ -112,20 +105,6 @@ async def test_model_root_reads_the_volume_directly(tmp_path: Path, volume: Path
 
 
 # -- the whole flow: REST API -> opensourcellm pipeline -> k8s shimlet -> simulated cluster ---------------------
-
-
-@pytest.fixture
-async def k8s_server(sim: Sim, tmp_path: Path) -> AsyncIterator[Live]:
-    """A ModelServeShim server whose default shimlet is k8s on ``sim``."""
-    options = options_for(sim, tmp_path, model_volume=VOLUME)
-    settings = Settings.load(None, data_dir=tmp_path / "data", shimlet="k8s", pipeline="opensourcellm",
-                             port=free_port(), poll_interval=0.05, shimlets={"k8s": options})
-    live = await serve(settings)
-    try:
-        yield live
-    finally:
-        await live.stop(delete_services=True)
-
 
 
 async def test_deploy_through_the_api_to_running(sim: Sim, tmp_path: Path, volume: Path, k8s_server: Live) -> None:

@@ -25,7 +25,7 @@ from modserv_shim.plugins import PluginContext, ResourcePhase
 from modserv_shim.shimlets.k8s import K8sOptions, K8sShimlet, ModelVolume, naming, podspec, reasons, render
 from modserv_shim.shimlets.k8s.status import Track, summarize
 from modserv_shim.spec import DeploySpec, ResourceRequirements, redact
-from tests.test_k8s_shimlet import context, llama3_context
+from tests.helpers.k8s_shimlet import context, llama3_context
 
 VERSIONS = ["1.29.0", str(latest_version())]
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -244,8 +244,8 @@ async def test_dashboard_and_alerts_name_only_metrics_a_scrape_has(start_fake, t
 
 
 async def test_local_deploys_requested_resources_against_this_machine(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers.local_shim import deploy_body, local_settings
     from tests.helpers.tiny_gguf import write_tiny_llama_gguf, write_truncated_copy
-    from tests.test_e2e_local import deploy_body, local_settings
 
     (tmp_path / "models").mkdir()
     tiny = write_tiny_llama_gguf(tmp_path / "models" / "tiny.gguf")
@@ -288,9 +288,9 @@ async def test_local_deploys_requested_resources_against_this_machine(start_serv
 
 
 async def test_k8s_capacity_from_nodes_and_used_ratios_survive_a_restart(tmp_path: Path) -> None:
+    from tests.helpers.k8s_shimlet import openai_backend
     from tests.helpers.tiny_gguf import write_tiny_llama_gguf
     from tests.k8s_sim import NodeSpec, run_sim
-    from tests.test_k8s_shimlet import openai_backend
 
     volume = tmp_path / "pvc"
     volume.mkdir()

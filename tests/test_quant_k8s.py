@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +32,13 @@ from modserv_shim.shimlets.k8s.tasks import task_job
 from modserv_shim.spec import DeploySpec
 from modserv_shim.testing.pipeline_contract import ContractContext, ServiceState
 from tests.conftest import Live, free_port, serve
-from tests.helpers.k8s_volume import VOLUME, modelinfo_job, pvc_folder
+from tests.helpers.k8s_shimlet import openai_backend, options_for, shimlet_on, sim_fixture  # noqa: F401
+from tests.helpers.k8s_volume import VOLUME, k8s_server_fixture, modelinfo_job, pvc_folder  # noqa: F401
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.k8s_sim import JobResult, Sim, run_sim, wait_until
-from tests.test_k8s_shimlet import NODES, openai_backend, options_for, shimlet_on
+from tests.k8s_sim import JobResult, Sim, wait_until
 
 TASK_PODS = f"{COMPONENT}={TASK_COMPONENT}"
 WORKER = ["python", "-m", "modserv_shim.pipelines.quant.worker"]
-
-
-@pytest.fixture
-def sim() -> Iterator[Sim]:
-    with run_sim(nodes=NODES) as running:
-        yield running
 
 
 @pytest.fixture
@@ -82,18 +76,6 @@ def partials(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------- through the REST API
-
-
-@pytest.fixture
-async def k8s_server(sim: Sim, tmp_path: Path) -> AsyncIterator[Live]:
-    options = options_for(sim, tmp_path, model_volume=VOLUME)
-    settings = Settings.load(None, data_dir=tmp_path / "data", shimlet="k8s", pipeline="opensourcellm",
-                             port=free_port(), poll_interval=0.05, shimlets={"k8s": options})
-    live = await serve(settings)
-    try:
-        yield live
-    finally:
-        await live.stop(delete_services=True)
 
 
 def body(name: str, model: str = "/models/tiny.gguf", **extra: Any) -> dict[str, Any]:

@@ -1,15 +1,21 @@
 """A model volume for the k8s shimlet's tests on the simulator: the PersistentVolumeClaim "models" at /models,
-a local folder standing in for it, and a job handler that runs the validation pod's command on that folder."""
+a local folder standing in for it, a job handler that runs the validation pod's command on that folder, and
+the fixture ``k8s_server``: a server whose default shimlet is k8s on ``sim`` with that volume."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from modserv_shim.config import Settings
 from modserv_shim.modelinfo.__main__ import main as modelinfo_main
+from tests.conftest import Live, free_port, serve
+from tests.helpers.k8s_shimlet import options_for
 from tests.helpers.tiny_gguf import write_tiny_llama_gguf
-from tests.k8s_sim import JobResult
+from tests.k8s_sim import JobResult, Sim
 
 VOLUME = {"type": "pvc", "claim_name": "models", "mount_path": "/models"}
 
@@ -37,3 +43,16 @@ def modelinfo_job(volume: Path, tmp_path: Path, seen: list[list[str]]) -> Callab
         return JobResult(succeeded=code == 0, message=message, exit_code=code)
 
     return handle
+
+
+@pytest.fixture(name="k8s_server")
+async def k8s_server_fixture(sim: Sim, tmp_path: Path) -> AsyncIterator[Live]:
+    """A ModelServeShim server whose default shimlet is k8s on ``sim``, with the model volume ``VOLUME``."""
+    options = options_for(sim, tmp_path, model_volume=VOLUME)
+    settings = Settings.load(None, data_dir=tmp_path / "data", shimlet="k8s", pipeline="opensourcellm",
+                             port=free_port(), poll_interval=0.05, shimlets={"k8s": options})
+    live = await serve(settings)
+    try:
+        yield live
+    finally:
+        await live.stop(delete_services=True)
