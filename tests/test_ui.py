@@ -225,11 +225,13 @@ async def test_a_failed_deploy_shows_the_failed_step_in_red_with_its_reason(loca
     step = page.locator('#stepper .substep[data-step="model-validation"]')
     assert await step.get_attribute("data-status") == "failed"
     assert "raise resourceRequirements.memory" in await step.inner_text()
-    assert await step.evaluate("el => getComputedStyle(el).color") == RED
-    assert await failed_stage.locator(".dot").evaluate("el => getComputedStyle(el).backgroundColor") == RED
+    # Retried assertions: the page redraws the stepper on every event, so an element found a moment ago
+    # may be gone (a one-shot getComputedStyle on it reads "").
+    await pw_api.expect(step).to_have_css("color", RED)
+    await pw_api.expect(failed_stage.locator(".dot")).to_have_css("background-color", RED)
     reason = await page.locator("#failure-reason").inner_text()
     assert "the model needs" in reason and "100Mi" in reason
-    assert await page.locator("#failure").evaluate("el => getComputedStyle(el).borderColor") == RED
+    await pw_api.expect(page.locator("#failure")).to_have_css("border-color", RED)
     for later in ("deploying", "health_checking", "running"):
         assert await page.locator(f'#stepper li[data-state="{later}"]').get_attribute("data-status") == "pending"
     assert await page.get_by_role("button", name="Retry from the failed step").is_enabled()
