@@ -172,3 +172,24 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+async def remove_leftover(ctx: StepContext, partial: Path) -> None:
+    """Remove the half file of an attempt that did not finish (a crash, a kill -9 of the shim)."""
+    if await asyncio.to_thread(partial.exists):
+        ctx.log(f"removing {partial.name}, left by an attempt that did not finish")
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def writing(proc: asyncio.subprocess.Process, partial: Path) -> AsyncIterator[None]:
+    """While a child writes ``partial``: if the step is cancelled (a delete, the timeout) or breaks,
+    the child is killed and its half file removed, so nothing half-written survives."""
+    try:
+        yield
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+        raise

@@ -48,7 +48,7 @@ from modserv_shim.kit.files import publish
 from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, inspect_model
 from modserv_shim.modelinfo.facts import GIB, gib
 from modserv_shim.pipelines.opensourcellm import MODEL
-from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked
+from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked, remove_leftover, writing
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.types import AUTO, choose_auto, quantized_facts
 from modserv_shim.plugins import StepContext
@@ -262,9 +262,7 @@ class _Output:
 async def _convert(ctx: StepContext, python: str, script: Path, folder: Path, final: Path, outtype: str,
                    lock_fd: int, expected: int, need: int) -> None:
     partial = final.with_name(final.name + ".partial")
-    if await asyncio.to_thread(partial.exists):
-        ctx.log(f"removing {partial.name}, left by an attempt that did not finish")
-        await asyncio.to_thread(partial.unlink, missing_ok=True)
+    await remove_leftover(ctx, partial)
     ctx.log(f"converting {folder} to {outtype} with llama.cpp's {SCRIPT_NAME} ({script.parent}) into {partial.name}")
     out = _Output(lines=deque(maxlen=OUTPUT_LINES))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -276,24 +274,20 @@ async def _convert(ctx: StepContext, python: str, script: Path, folder: Path, fi
     assert proc.stdout is not None
     reader = asyncio.create_task(_read_output(proc.stdout, out, ctx))
     try:
-        while not reader.done():
-            await asyncio.wait({reader}, timeout=PROGRESS_SECONDS)
-            if not reader.done():
-                written = await asyncio.to_thread(_size, partial)
-                at = f"{time.monotonic() - t0:.0f} s"
-                if out.tensors == 0 and written == 0:
-                    ctx.log(f"converting to {outtype}: the converter starts (it imports torch and transformers), {at}")
-                else:
-                    ctx.log(f"converting to {outtype}: {out.tensors} tensors read, {gib(written)} of about"
-                            f" {gib(expected)} written, {at}")
-        await reader
-        rc = await proc.wait()
-    except BaseException:  # cancelled (a delete, the timeout) or broken: no child, no half file
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await asyncio.to_thread(partial.unlink, missing_ok=True)
-        raise
+        async with writing(proc, partial):
+            while not reader.done():
+                await asyncio.wait({reader}, timeout=PROGRESS_SECONDS)
+                if not reader.done():
+                    written = await asyncio.to_thread(_size, partial)
+                    at = f"{time.monotonic() - t0:.0f} s"
+                    if out.tensors == 0 and written == 0:
+                        ctx.log(f"converting to {outtype}: the converter starts (it imports torch and"
+                                f" transformers), {at}")
+                    else:
+                        ctx.log(f"converting to {outtype}: {out.tensors} tensors read, {gib(written)} of about"
+                                f" {gib(expected)} written, {at}")
+            await reader
+            rc = await proc.wait()
     finally:
         reader.cancel()
     if rc != 0:

@@ -45,7 +45,7 @@ from modserv_shim.modelinfo import FitResult, ModelDoesNotFit, ModelFacts, check
 from modserv_shim.modelinfo.facts import GIB, gib
 from modserv_shim.modelinfo.gguf_layout import read_layout
 from modserv_shim.pipelines.opensourcellm import FIT, MODEL, MODEL_FILE, MODEL_VALIDATION, OpenSourceLLMPipeline
-from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked
+from modserv_shim.pipelines.quant.cache import Hashing, Work, cached, locked, remove_leftover, writing
 from modserv_shim.pipelines.quant.convert import convert_hf_folder
 from modserv_shim.pipelines.quant.options import QuantOptions
 from modserv_shim.pipelines.quant.outputs import QUANTIZATION
@@ -281,9 +281,7 @@ class QuantPipeline(OpenSourceLLMPipeline):
     async def _quantize(self, ctx: StepContext, src: Path, final: Path, kind: str, allow: bool, lock_fd: int,
                         need: int) -> None:
         partial = final.with_name(final.name + ".partial")
-        if await asyncio.to_thread(partial.exists):
-            ctx.log(f"removing {partial.name}, left by an attempt that did not finish")
-            await asyncio.to_thread(partial.unlink, missing_ok=True)
+        await remove_leftover(ctx, partial)
         threads = self.options.threads or os.cpu_count() or 1
         request = {"parent": os.getpid(), "src": str(src), "dst": str(partial), "ftype": llama_ftypes()[kind],
                    "allow_requantize": allow, "threads": threads}
@@ -299,20 +297,15 @@ class QuantPipeline(OpenSourceLLMPipeline):
         events = asyncio.create_task(_read_events(proc.stdout, progress, ctx))
         errors = asyncio.create_task(_tail(proc.stderr, stderr))
         try:
-            while not events.done():
-                await asyncio.wait({events}, timeout=PROGRESS_SECONDS)
-                if not events.done():
-                    ctx.log(f"quantizing to {kind}: {progress.done}/{progress.total or '?'} tensors,"
-                            f" {time.monotonic() - t0:.0f} s")
-            await events
-            await errors
-            rc = await proc.wait()
-        except BaseException:  # cancelled (a delete, the timeout) or broken: no child, no half file
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await asyncio.to_thread(partial.unlink, missing_ok=True)
-            raise
+            async with writing(proc, partial):
+                while not events.done():
+                    await asyncio.wait({events}, timeout=PROGRESS_SECONDS)
+                    if not events.done():
+                        ctx.log(f"quantizing to {kind}: {progress.done}/{progress.total or '?'} tensors,"
+                                f" {time.monotonic() - t0:.0f} s")
+                await events
+                await errors
+                rc = await proc.wait()
         finally:
             for task in (events, errors):
                 task.cancel()
