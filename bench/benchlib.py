@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.helpers.docker_engine import DockerEngine, OwnDockerd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +51,29 @@ def write_json(path: Path | None, result: Any) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@dataclass
+class BenchEngine:
+    """The Docker Engine a benchmark runs on; ``own`` when it is our own dockerd (``stop`` ends it)."""
+
+    engine: DockerEngine
+    own: OwnDockerd | None = None
+
+    def stop(self) -> None:
+        if self.own is not None:
+            self.own.stop()
+
+
+def docker_engine(host: str | None) -> BenchEngine | None:
+    """The Engine at ``host``, else our own dockerd in a temporary folder (tests/helpers/docker_engine.py);
+    None, with a line on stderr, when there is neither (no ``host``, and no dockerd or not root)."""
+    from tests.helpers.docker_engine import DockerEngine, OwnDockerd
+
+    if host:
+        return BenchEngine(DockerEngine(host=host, env={"DOCKER_HOST": host}))
+    if not shutil.which("dockerd") or os.geteuid() != 0:
+        print("skipped: no Docker Engine (give --docker-host, or run as root with dockerd installed)", file=sys.stderr)
+        return None
+    own = OwnDockerd.start()
+    return BenchEngine(own.engine, own)

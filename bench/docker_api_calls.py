@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.benchlib import tree, write_json  # noqa: E402
+from bench.benchlib import docker_engine, tree, write_json  # noqa: E402
 from tests.helpers import docker_images as di  # noqa: E402
-from tests.helpers.docker_engine import ENV_HOST, DockerEngine, OwnDockerd  # noqa: E402
+from tests.helpers.docker_engine import ENV_HOST, DockerEngine  # noqa: E402
 
 from modserv_shim.plugins import LaunchSpec, ResourcePhase  # noqa: E402
 from modserv_shim.shimlets.docker import DockerShimlet, render  # noqa: E402
@@ -359,29 +358,23 @@ def main() -> int:
     ap.add_argument("--docker-host", default=os.environ.get(ENV_HOST), help="an Engine to use (unix://...)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    if not args.docker_host and (not shutil.which("dockerd") or os.geteuid() != 0):
-        print("skipped: no Docker Engine (give --docker-host, or run as root with dockerd installed)", file=sys.stderr)
+    bench_engine = docker_engine(args.docker_host)
+    if bench_engine is None:
         return 0
-    own = None
-    if args.docker_host:
-        engine = DockerEngine(host=args.docker_host, env={"DOCKER_HOST": args.docker_host})
-    else:
-        own = OwnDockerd.start()
-        engine = own.engine
+    engine = bench_engine.engine
     try:
         image = di.build_tiny_image(engine)
         load0 = os.getloadavg()
         rows = asyncio.run(run(args, engine, image))
         load1 = os.getloadavg()
     finally:
-        if own is not None:
-            own.stop()
+        bench_engine.stop()
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "tree": tree(),
         "engine": engine.cli("version", "--format", "{{.Server.Version}}", check=False).stdout.strip()
-        if own is None else "own dockerd (stopped)",
+        if bench_engine.own is None else "own dockerd (stopped)",
         "load_average_before_after": [round(load0[0], 2), round(load1[0], 2)],
         "deployed_through": "the docker shimlet directly (DockerShimlet in this process)",
         "image": image,

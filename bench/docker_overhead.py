@@ -55,9 +55,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import benchlib  # noqa: E402
-from bench.benchlib import free_port, tree, write_json  # noqa: E402
+from bench.benchlib import docker_engine, free_port, tree, write_json  # noqa: E402
 from tests.helpers import docker_images as di  # noqa: E402
-from tests.helpers.docker_engine import ENV_HOST, DockerEngine, OwnDockerd  # noqa: E402
+from tests.helpers.docker_engine import ENV_HOST, DockerEngine  # noqa: E402
 
 MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 POLL = 0.01
@@ -229,15 +229,10 @@ def main() -> int:
     args = ap.parse_args()
     if not MODEL.is_file():
         raise SystemExit(f"{MODEL} is missing: `make setup` puts it there")
-    if not args.docker_host and (not shutil.which("dockerd") or os.geteuid() != 0):
-        print("skipped: no Docker Engine (give --docker-host, or run as root with dockerd installed)", file=sys.stderr)
+    bench_engine = docker_engine(args.docker_host)
+    if bench_engine is None:
         return 0
-    own = None
-    if args.docker_host:
-        engine = DockerEngine(host=args.docker_host, env={"DOCKER_HOST": args.docker_host})
-    else:
-        own = OwnDockerd.start()
-        engine = own.engine
+    engine = bench_engine.engine
     work = Path(tempfile.mkdtemp(prefix="modserv-bench-docker-"))
     server: subprocess.Popen[bytes] | None = None
     api = httpx.Client(timeout=60, trust_env=False)
@@ -296,8 +291,7 @@ def main() -> int:
                                 check=False).stdout.split()
         if leftovers:
             engine.cli("rm", "-f", "-v", *leftovers, check=False)
-        if own is not None:
-            own.stop()
+        bench_engine.stop()
         shutil.rmtree(work, ignore_errors=True)
     ms = lambda x: round(x * 1000, 1)  # noqa: E731
     med = statistics.median
@@ -311,7 +305,7 @@ def main() -> int:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "tree": tree(),
         "load_average_before_after": [round(load0[0], 2), round(load1[0], 2)],
-        "engine": "own dockerd, temporary directory" if own is not None else engine.host,
+        "engine": "own dockerd, temporary directory" if bench_engine.own is not None else engine.host,
         "image": image,
         "deploy_body": body,
         "by_hand_command": "docker " + " ".join(run_argv(create, "bench-by-hand-N", 12345)),
